@@ -1,0 +1,1 @@
+"""parley-provider-emulator."""
