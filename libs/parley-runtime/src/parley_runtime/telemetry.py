@@ -1,0 +1,51 @@
+"""OpenTelemetry tracing configured from the standard OTEL_* variables.
+
+`OTEL_TRACES_EXPORTER` picks the exporter (`otlp`, `console` or `none`); when it is unset, spans
+are exported over OTLP/gRPC if `OTEL_EXPORTER_OTLP_ENDPOINT` is set and recorded but not
+exported otherwise (trace ids still reach the logs and propagate across gRPC hops).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+logger = logging.getLogger(__name__)
+_configured = False
+
+
+def configure_tracing(service_name: str) -> None:
+    global _configured
+    if _configured:
+        return
+    _configured = True
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
+    provider = TracerProvider(resource=resource)
+    exporter_name = os.environ.get("OTEL_TRACES_EXPORTER")
+    if exporter_name is None:
+        exporter_name = "otlp" if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else "none"
+    if exporter_name == "otlp":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    elif exporter_name == "console":
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    trace.set_tracer_provider(provider)
+    logger.debug("tracing configured", extra={"exporter": exporter_name})
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer("parley")
+
+
+def inject(carrier: dict[str, str]) -> None:
+    propagate.inject(carrier)
+
+
+def extract(carrier: dict[str, str]) -> object:
+    return propagate.extract(carrier)
