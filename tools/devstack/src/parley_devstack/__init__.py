@@ -1,0 +1,1 @@
+"""Local stack on real processes: PostgreSQL+pgvector (embedded), Redis, LiveKit, emulator."""
