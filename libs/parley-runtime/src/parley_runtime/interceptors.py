@@ -62,6 +62,7 @@ class ParleyServerInterceptor(grpc.aio.ServerInterceptor):
         self._tracer = trace.get_tracer("parley.grpc")
         self._in_flight = GRPC_IN_FLIGHT.labels(service)
         self._latency: dict[str, Any] = {}
+        self._handled: dict[tuple[str, grpc.StatusCode], Any] = {}
 
     async def intercept_service(
         self,
@@ -114,6 +115,14 @@ class ParleyServerInterceptor(grpc.aio.ServerInterceptor):
             raise PermissionDenied("token names no tenant; it cannot act for a tenant")
         return ident.tenant
 
+    def handled_child(self, method: str, code: grpc.StatusCode) -> Any:
+        key = (method, code)
+        child = self._handled.get(key)
+        if child is None:
+            child = GRPC_HANDLED.labels(self._service, method, code.name)
+            self._handled[key] = child
+        return child
+
     def latency_child(self, method: str) -> Any:
         child = self._latency.get(method)
         if child is None:
@@ -164,13 +173,13 @@ class _Bound:
             deadline_var.set(deadline),
         )
         self.icpt._in_flight.inc()
-        return span, trace.use_span(span, end_on_exit=True), tokens, time.perf_counter()
+        return span, trace.use_span(span, end_on_exit=False), tokens, time.perf_counter()
 
     def exit(self, state: tuple[Any, ...], code: grpc.StatusCode) -> None:
         span, use, tokens, start = state
         self.icpt._in_flight.dec()
         self.icpt.latency_child(self.short).observe(time.perf_counter() - start)
-        GRPC_HANDLED.labels(self.icpt._service, self.short, code.name).inc()
+        self.icpt.handled_child(self.short, code).inc()
         if code is not grpc.StatusCode.OK:
             span.set_status(Status(StatusCode.ERROR, code.name))
         span.set_attribute("rpc.grpc.status_code", code.value[0])
@@ -344,10 +353,11 @@ class _ClientBase:
             md.add("authorization", f"Bearer {token}")
         if md.get(REQUEST_ID_HEADER) is None:
             md.add(REQUEST_ID_HEADER, request_id_var.get() or uuid.uuid4().hex)
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
-        for key, value in carrier.items():
-            md.add(key, value)
+        if trace.get_current_span().get_span_context().is_valid:
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)
+            for key, value in carrier.items():
+                md.add(key, value)
         timeout = details.timeout
         deadline = deadline_var.get()
         if deadline is not None:

@@ -1,0 +1,1 @@
+"""`make demo`: brings the stack up and drives the platform's main job."""
