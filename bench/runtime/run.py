@@ -61,8 +61,12 @@ async def measure(stub: router_pb2_grpc.RouterServiceStub) -> dict[str, float]:
     t = time.perf_counter()
     await asyncio.gather(*(one() for _ in range(N_CONC)))
     rps = N_CONC / (time.perf_counter() - t)
-    return {"p50_ms": pct(lat, 0.5), "p99_ms": pct(lat, 0.99),
-            "mean_ms": statistics.fmean(lat), "rps_64": rps}
+    return {
+        "p50_ms": pct(lat, 0.5),
+        "p99_ms": pct(lat, 0.99),
+        "mean_ms": statistics.fmean(lat),
+        "rps_64": rps,
+    }
 
 
 def start(mode: str, port: int) -> subprocess.Popen[bytes]:
@@ -98,8 +102,9 @@ async def main() -> None:
             if mode == "plain":
                 channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
             else:
-                signer = TokenSigner(service="bench-client", kid="bench-client",
-                                     secret=KEYS["bench-client"])
+                signer = TokenSigner(
+                    service="bench-client", kid="bench-client", secret=KEYS["bench-client"]
+                )
                 channel = make_channel(f"127.0.0.1:{port}", signer=signer)
                 context.tenant_id_var.set("acme")
             async with channel:
@@ -117,15 +122,27 @@ async def main() -> None:
     print(f"{'server':<22}{'p50 ms':>10}{'p99 ms':>10}{'rps@64':>10}")
     for name, r in (("plain grpc.aio", plain), ("parley runtime", parley)):
         print(f"{name:<22}{r['p50_ms']:>10.3f}{r['p99_ms']:>10.3f}{r['rps_64']:>10.0f}")
-    print(f"{'overhead':<22}{overhead_p50:>10.3f}{overhead_p99:>10.3f}"
-          f"{parley['rps_64'] / plain['rps_64']:>9.2f}x")
-    print(json.dumps({"bench": "runtime", "metrics": {
-        "plain_p50_ms": round(plain["p50_ms"], 4), "plain_p99_ms": round(plain["p99_ms"], 4),
-        "parley_p50_ms": round(parley["p50_ms"], 4), "parley_p99_ms": round(parley["p99_ms"], 4),
-        "overhead_p50_ms": round(overhead_p50, 4), "overhead_p99_ms": round(overhead_p99, 4),
-        "p50_ratio": round(parley["p50_ms"] / plain["p50_ms"], 3),
-        "rps64_ratio": round(parley["rps_64"] / plain["rps_64"], 3),
-    }}))
+    print(
+        f"{'overhead':<22}{overhead_p50:>10.3f}{overhead_p99:>10.3f}"
+        f"{parley['rps_64'] / plain['rps_64']:>9.2f}x"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "runtime",
+                "metrics": {
+                    "plain_p50_ms": round(plain["p50_ms"], 4),
+                    "plain_p99_ms": round(plain["p99_ms"], 4),
+                    "parley_p50_ms": round(parley["p50_ms"], 4),
+                    "parley_p99_ms": round(parley["p99_ms"], 4),
+                    "overhead_p50_ms": round(overhead_p50, 4),
+                    "overhead_p99_ms": round(overhead_p99, 4),
+                    "p50_ratio": round(parley["p50_ms"] / plain["p50_ms"], 3),
+                    "rps64_ratio": round(parley["rps_64"] / plain["rps_64"], 3),
+                },
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

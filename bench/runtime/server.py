@@ -37,7 +37,9 @@ async def main() -> None:
 
     os.environ.setdefault("OTEL_TRACES_EXPORTER", "none")
     settings = ServiceSettings(
-        service_name="router-svc", grpc_port=args.port, log_level="WARNING",
+        service_name="router-svc",
+        grpc_port=args.port,
+        log_level="WARNING",
         auth_keys=json.loads(os.environ["BENCH_KEYS"]),
     )
     bootstrap(settings)

@@ -49,8 +49,12 @@ async def test_sigterm_flips_health_then_drains() -> None:
     import json
 
     port = free_port()
-    env = dict(os.environ, PARLEY_GRPC_PORT=str(port), PARLEY_AUTH_KEYS=json.dumps(TEST_KEYS),
-               PARLEY_DRAIN_SECONDS="5")
+    env = dict(
+        os.environ,
+        PARLEY_GRPC_PORT=str(port),
+        PARLEY_AUTH_KEYS=json.dumps(TEST_KEYS),
+        PARLEY_DRAIN_SECONDS="5",
+    )
     proc = subprocess.Popen([sys.executable, "-c", SERVER], env=env)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as hch:

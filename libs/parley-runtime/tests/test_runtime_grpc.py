@@ -16,7 +16,7 @@ from parley_runtime.auth import TokenSigner
 from parley_runtime.errors import InvalidArgument, ResourceExhausted
 from parley_runtime.server import GrpcServiceHost
 from parley_runtime.settings import ServiceSettings
-from parley_runtime.testing import TEST_KEYS, start_test_host, signed_channel
+from parley_runtime.testing import TEST_KEYS, signed_channel, start_test_host
 
 pytestmark = pytest.mark.unit
 
@@ -60,15 +60,15 @@ class EchoRouter(router_pb2_grpc.RouterServiceServicer):
 def _req(text: str) -> router_pb2.ClassifyTurnRequest:
     return router_pb2.ClassifyTurnRequest(
         messages=[
-            router_pb2.Message(
-                role=router_pb2.ROLE_USER, parts=[router_pb2.ContentPart(text=text)]
-            )
+            router_pb2.Message(role=router_pb2.ROLE_USER, parts=[router_pb2.ContentPart(text=text)])
         ]
     )
 
 
 @pytest.fixture
-async def servers() -> AsyncIterator[tuple[GrpcServiceHost, EchoRouter, GrpcServiceHost, EchoRouter]]:
+async def servers() -> AsyncIterator[
+    tuple[GrpcServiceHost, EchoRouter, GrpcServiceHost, EchoRouter]
+]:
     down_servicer = EchoRouter([])
     settings = ServiceSettings(service_name="router-svc", max_message_bytes=64 * 1024)
 
@@ -102,11 +102,20 @@ async def _raw_call(port: int, metadata: list[tuple[str, str]], text: str = "x")
         return await stub.ClassifyTurn(_req(text), metadata=metadata, timeout=5)
 
 
-def _token(tenant: str | None = "acme", kid: str = "agent-worker", secret: str | None = None,
-           exp_offset: int = 300) -> str:
+def _token(
+    tenant: str | None = "acme",
+    kid: str = "agent-worker",
+    secret: str | None = None,
+    exp_offset: int = 300,
+) -> str:
     now = int(time.time())
-    claims: dict[str, Any] = {"iss": kid, "sub": kid, "aud": "parley", "iat": now,
-                              "exp": now + exp_offset}
+    claims: dict[str, Any] = {
+        "iss": kid,
+        "sub": kid,
+        "aud": "parley",
+        "iat": now,
+        "exp": now + exp_offset,
+    }
     if tenant:
         claims["tenant"] = tenant
     return jwt.encode(claims, secret or TEST_KEYS[kid], algorithm="HS256", headers={"kid": kid})
@@ -129,13 +138,24 @@ async def test_good_token_binds_tenant_and_caller(servers: Any) -> None:
         (lambda: _md("not-a-jwt"), "malformed"),
         (lambda: _md(_token(exp_offset=-120)), "expired"),
         (lambda: _md(_token(secret="x" * 40)), "signature"),
-        (lambda: _md(_token(kid="unknown") if False else jwt.encode(
-            {"iss": "x", "aud": "parley", "exp": int(time.time()) + 60}, "k" * 40,
-            algorithm="HS256", headers={"kid": "nobody"})), "unknown key id"),
+        (
+            lambda: _md(
+                _token(kid="unknown")
+                if False
+                else jwt.encode(
+                    {"iss": "x", "aud": "parley", "exp": int(time.time()) + 60},
+                    "k" * 40,
+                    algorithm="HS256",
+                    headers={"kid": "nobody"},
+                )
+            ),
+            "unknown key id",
+        ),
     ],
 )
-async def test_bad_tokens_are_unauthenticated(servers: Any, metadata_factory: Any,
-                                              fragment: str) -> None:
+async def test_bad_tokens_are_unauthenticated(
+    servers: Any, metadata_factory: Any, fragment: str
+) -> None:
     up, *_ = servers
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await _raw_call(up.port, metadata_factory())
@@ -188,8 +208,9 @@ async def test_stream_error_after_messages_keeps_messages_and_status(servers: An
 
 async def test_deadline_and_tenant_propagate_across_hops(servers: Any) -> None:
     up, _, _, down_servicer = servers
-    token = TokenSigner(service="agent-worker", kid="agent-worker",
-                        secret=TEST_KEYS["agent-worker"]).token(tenant="acme")
+    token = TokenSigner(
+        service="agent-worker", kid="agent-worker", secret=TEST_KEYS["agent-worker"]
+    ).token(tenant="acme")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{up.port}") as ch:
         stub = router_pb2_grpc.RouterServiceStub(ch)
         resp = await stub.ClassifyTurn(_req("hop"), metadata=_md(token), timeout=2.0)
@@ -213,8 +234,10 @@ async def test_oversized_message_rejected(servers: Any) -> None:
     big = "x" * (128 * 1024)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await _raw_call(up.port, _md(_token()), big)
-    assert err.value.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                grpc.StatusCode.INVALID_ARGUMENT)
+    assert err.value.code() in (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
 
 
 async def test_health_and_reflection_need_no_token(servers: Any) -> None:

@@ -70,10 +70,10 @@ class ParleyServerInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method: str = handler_call_details.method
         if handler is None or method.startswith(self._public):
             return handler
-        metadata = {k: v for k, v in handler_call_details.invocation_metadata or ()}  # type: ignore[attr-defined]
+        metadata = dict(handler_call_details.invocation_metadata or ())
         try:
             ident = self._authenticate(metadata)
             tenant = self._resolve_tenant(metadata, ident)
@@ -160,7 +160,7 @@ class _Bound:
         parent = propagate.extract(carrier) if carrier else None
         span = self.icpt._tracer.start_span(
             self.method,
-            context=parent,  # type: ignore[arg-type]
+            context=parent,
             kind=SpanKind.SERVER,
             attributes={"rpc.system": "grpc", "rpc.method": self.short},
         )

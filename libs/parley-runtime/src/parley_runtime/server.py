@@ -139,8 +139,10 @@ class GrpcServiceHost:
         grace = self.settings.drain_seconds if grace is None else grace
         await self.health.enter_graceful_shutdown()
         if grace > 0 and self.settings.drain_delay_seconds > 0:
-            logger.info("not serving; waiting for traffic to move away",
-                        extra={"delay_s": self.settings.drain_delay_seconds})
+            logger.info(
+                "not serving; waiting for traffic to move away",
+                extra={"delay_s": self.settings.drain_delay_seconds},
+            )
             await asyncio.sleep(self.settings.drain_delay_seconds)
         logger.info("draining", extra={"grace_s": grace})
         await self.server.stop(grace)

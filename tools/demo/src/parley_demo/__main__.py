@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from pathlib import Path
 
-import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from parley_devstack.stack import ROOT, Stack, up
@@ -35,18 +33,25 @@ async def main() -> int:
     keys = stack.auth_keys()
     signer = TokenSigner(service="demo-client", kid="demo-client", secret=keys["demo-client"])
     p = stack.ports
-    rows = await asyncio.gather(*(
-        probe(n, port, signer)
-        for n, port in (("router-svc", p.router), ("vision-svc", p.vision), ("kb-svc", p.kb),
-                        ("billing-svc", p.billing))
-    ))
+    rows = await asyncio.gather(
+        *(
+            probe(n, port, signer)
+            for n, port in (
+                ("router-svc", p.router),
+                ("vision-svc", p.vision),
+                ("kb-svc", p.kb),
+                ("billing-svc", p.billing),
+            )
+        )
+    )
     print("\nauthenticated health + reflection through each service:")
     for name, status, services in rows:
         print(f"  {name:<12} {status:<12} {', '.join(s for s in services if 'parley' in s)}")
     report = ROOT / "reports" / "demo.json"
     report.parent.mkdir(exist_ok=True)
-    report.write_text(json.dumps([{"service": n, "status": s, "services": v}
-                                  for n, s, v in rows], indent=2))
+    report.write_text(
+        json.dumps([{"service": n, "status": s, "services": v} for n, s, v in rows], indent=2)
+    )
     print(f"\nreport: {report}\nstop the stack with: make down")
     return 0 if all(s == "SERVING" for _, s, _ in rows) else 1
 

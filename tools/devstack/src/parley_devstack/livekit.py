@@ -26,12 +26,14 @@ def ensure_livekit_server() -> Path:
     go = shutil.which("go")
     if go is None:
         raise RuntimeError("Go toolchain missing: install Go to build livekit-server")
-    print(f"building livekit-server {LIVEKIT_VERSION} with go install (cached after) ...",
-          flush=True)
+    print(
+        f"building livekit-server {LIVEKIT_VERSION} with go install (cached after) ...", flush=True
+    )
     env = dict(os.environ, GOBIN=str(path.parent))
     subprocess.run(
         [go, "install", f"github.com/livekit/livekit-server/cmd/server@{LIVEKIT_VERSION}"],
-        check=True, env=env,
+        check=True,
+        env=env,
     )
     return path
 
@@ -45,6 +47,11 @@ def livekit_command(port: int, rtc_tcp_port: int, udp_port: int) -> list[str]:
         "logging:\n  level: warn\n"
     )
     return [
-        str(ensure_livekit_server()), "--bind", "127.0.0.1", "--node-ip", "127.0.0.1",
-        "--config-body", config,
+        str(ensure_livekit_server()),
+        "--bind",
+        "127.0.0.1",
+        "--node-ip",
+        "127.0.0.1",
+        "--config-body",
+        config,
     ]

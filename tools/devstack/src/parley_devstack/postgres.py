@@ -45,8 +45,11 @@ class PostgresProcess:
             ensure_user_exists(SYSTEM_USER)
             ensure_prefix_permissions(self.datadir)
             ensure_prefix_permissions(POSTGRES_BIN_PATH)
-            for folder in (POSTGRES_BIN_PATH, POSTGRES_BIN_PATH.parent / "lib",
-                           POSTGRES_BIN_PATH.parent / "share"):
+            for folder in (
+                POSTGRES_BIN_PATH,
+                POSTGRES_BIN_PATH.parent / "lib",
+                POSTGRES_BIN_PATH.parent / "share",
+            ):
                 subprocess.run(["chmod", "-R", "go+rX", str(folder)], check=True)
             entry = pwd.getpwnam(SYSTEM_USER)
             shutil.chown(self.datadir, entry.pw_uid, entry.pw_gid)
@@ -58,9 +61,19 @@ class PostgresProcess:
         pg_version = self.datadir / "PG_VERSION"
         if not pg_version.exists():
             subprocess.run(
-                [str(POSTGRES_BIN_PATH / "initdb"), "-D", str(self.datadir), "--auth=trust",
-                 "--auth-local=trust", "--encoding=utf8", "-U", "postgres"],
-                check=True, capture_output=True, **self._run_as(),  # type: ignore[call-overload]
+                [
+                    str(POSTGRES_BIN_PATH / "initdb"),
+                    "-D",
+                    str(self.datadir),
+                    "--auth=trust",
+                    "--auth-local=trust",
+                    "--encoding=utf8",
+                    "-U",
+                    "postgres",
+                ],
+                check=True,
+                capture_output=True,
+                **self._run_as(),  # type: ignore[call-overload]
             )
             with open(self.datadir / "postgresql.conf", "a") as fh:
                 fh.write(
@@ -72,9 +85,22 @@ class PostgresProcess:
             return self.admin_dsn
         log = self.datadir / "server.log"
         subprocess.run(
-            [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.datadir), "-w", "-t", "60",
-             "-o", f"-h {self.host} -p {self.port} -k {self.datadir}", "-l", str(log), "start"],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                str(POSTGRES_BIN_PATH / "pg_ctl"),
+                "-D",
+                str(self.datadir),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                f"-h {self.host} -p {self.port} -k {self.datadir}",
+                "-l",
+                str(log),
+                "start",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             **self._run_as(),  # type: ignore[call-overload]
         )
         return self.admin_dsn
@@ -96,7 +122,16 @@ class PostgresProcess:
         if not self.running():
             return
         subprocess.run(
-            [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.datadir), "-w", "-m", "fast",
-             "stop"],
-            check=False, capture_output=True, **self._run_as(),  # type: ignore[call-overload]
+            [
+                str(POSTGRES_BIN_PATH / "pg_ctl"),
+                "-D",
+                str(self.datadir),
+                "-w",
+                "-m",
+                "fast",
+                "stop",
+            ],
+            check=False,
+            capture_output=True,
+            **self._run_as(),  # type: ignore[call-overload]
         )

@@ -114,7 +114,8 @@ def emulator_url(devstack_tmp: Path) -> Iterator[str]:
     log = open(devstack_tmp / "emulator.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "parley_emulator", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         wait_port(port, 30, "provider emulator")
@@ -142,8 +143,11 @@ def livekit_server(devstack_tmp: Path) -> Iterator[LiveKitServer]:
         wait_port(port, 60, "livekit-server")
         time.sleep(0.2)
         yield LiveKitServer(
-            url=f"ws://127.0.0.1:{port}", http_url=f"http://127.0.0.1:{port}",
-            api_key=DEV_KEY, api_secret=DEV_SECRET, pid=proc.pid,
+            url=f"ws://127.0.0.1:{port}",
+            http_url=f"http://127.0.0.1:{port}",
+            api_key=DEV_KEY,
+            api_secret=DEV_SECRET,
+            pid=proc.pid,
         )
     finally:
         stop_pid(proc.pid)

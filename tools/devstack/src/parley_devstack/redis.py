@@ -15,13 +15,17 @@ def ensure_redis_server() -> str:
     if path:
         return path
     print("redis-server missing: installing Debian's redis-server ...", flush=True)
-    subprocess.run(["apt-get", "install", "-y", "-q", "redis-server"], check=False,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-q", "redis-server"], check=False, stdout=subprocess.DEVNULL
+    )
     path = shutil.which("redis-server")
     if path is None:
         subprocess.run(["apt-get", "update", "-q"], check=False, stdout=subprocess.DEVNULL)
-        subprocess.run(["apt-get", "install", "-y", "-q", "redis-server"], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "redis-server"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         path = shutil.which("redis-server")
     if path is None:
         raise RuntimeError("could not install redis-server: run `apt-get install redis-server`")
@@ -54,10 +58,27 @@ class RedisProcess:
             return self.url
         binary = ensure_redis_server()
         subprocess.run(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "yes", "--pidfile", str(self.pidfile),
-             "--dir", str(self.workdir), "--logfile", str(self.workdir / f"redis-{self.port}.log"),
-             "--maxclients", "2000"],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "yes",
+                "--pidfile",
+                str(self.pidfile),
+                "--dir",
+                str(self.workdir),
+                "--logfile",
+                str(self.workdir / f"redis-{self.port}.log"),
+                "--maxclients",
+                "2000",
+            ],
             check=True,
         )
         wait_port(self.port, 15, "redis-server")

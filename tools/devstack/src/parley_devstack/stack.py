@@ -217,7 +217,11 @@ def _spawn(stack: Stack, name: str, cmd: list[str], env: dict[str, str]) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     out = open(logs / f"{name}.log", "ab")
     proc = subprocess.Popen(
-        cmd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+        cmd,
+        env={**os.environ, **env},
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
         start_new_session=True,
     )
     return proc.pid
@@ -252,9 +256,18 @@ def up(stack: Stack, only: list[str] | None = None) -> None:
         if not (pids.get("emulator") and pid_alive(pids["emulator"])):
             step(f"provider emulator on 127.0.0.1:{p.emulator}")
             pids["emulator"] = _spawn(
-                stack, "emulator",
-                [sys.executable, "-m", "parley_emulator", "--host", "127.0.0.1", "--port",
-                 str(p.emulator)], {},
+                stack,
+                "emulator",
+                [
+                    sys.executable,
+                    "-m",
+                    "parley_emulator",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(p.emulator),
+                ],
+                {},
             )
             stack.save_state(state)
         wait_port(p.emulator, 30, "provider emulator")
@@ -267,7 +280,9 @@ def up(stack: Stack, only: list[str] | None = None) -> None:
         if "MIGRATE_DATABASE_URL" in env:
             step(f"{name}: migrate")
             subprocess.run(
-                [*stack.command(name)[:3], "migrate"], env={**os.environ, **env}, check=True,
+                [*stack.command(name)[:3], "migrate"],
+                env={**os.environ, **env},
+                check=True,
                 cwd=ROOT,
             )
         step(f"{name} starting")

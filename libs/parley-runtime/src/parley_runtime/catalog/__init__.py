@@ -75,7 +75,9 @@ class Catalog:
         try:
             return self.models[model_id]
         except KeyError:
-            raise CatalogError(f"unknown model {model_id!r}; known: {sorted(self.models)}") from None
+            raise CatalogError(
+                f"unknown model {model_id!r}; known: {sorted(self.models)}"
+            ) from None
 
     def resolve(self, model_id: str, today: dt.date | None = None) -> str:
         """The model to use for `model_id` today: itself, or its successor if it has retired.
@@ -112,7 +114,9 @@ def _parse(data: dict[str, Any]) -> Catalog:
                 (
                     PriceEntry(
                         effective_from=dt.date.fromisoformat(str(p["effective_from"])),
-                        usd_per_mtok={k: float(v) for k, v in (p.get("usd_per_mtok") or {}).items()},
+                        usd_per_mtok={
+                            k: float(v) for k, v in (p.get("usd_per_mtok") or {}).items()
+                        },
                         usd_per_minute=p.get("usd_per_minute"),
                         usd_per_kchar=p.get("usd_per_kchar"),
                     )
