@@ -40,7 +40,8 @@ class FaultSpec:
         unknown = sorted(set(data) - known)
         if unknown:
             raise FaultSpecError(f"unknown fault fields: {', '.join(unknown)}")
-        spec = cls(**{k: v for k, v in data.items() if v is not None or k != "model"})
+        required = ("model", "error_rate", "error_status", "stall_s", "seed")
+        spec = cls(**{k: v for k, v in data.items() if v is not None or k not in required})
         spec.validate()
         return spec
 

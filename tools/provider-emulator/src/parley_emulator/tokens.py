@@ -57,6 +57,12 @@ def decode_image_size(data_b64: str) -> tuple[int, int]:
     """Width and height of a base64-encoded image (Pillow reads only the header)."""
     if not isinstance(data_b64, str) or not data_b64:
         raise ImageError("image data is empty")
+    # JSON bytes fields may be standard or URL-safe base64, with or without padding
+    # (google-genai sends URL-safe without padding).
+    if "-" in data_b64 or "_" in data_b64:
+        data_b64 = data_b64.replace("-", "+").replace("_", "/")
+    if len(data_b64) % 4:
+        data_b64 += "=" * (-len(data_b64) % 4)
     try:
         raw = base64.b64decode(data_b64, validate=False)
     except (binascii.Error, ValueError) as exc:
