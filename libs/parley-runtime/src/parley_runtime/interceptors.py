@@ -7,6 +7,7 @@ coroutine frame, not five.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 import uuid
@@ -184,10 +185,16 @@ class _Bound:
             span.set_status(Status(StatusCode.ERROR, code.name))
         span.set_attribute("rpc.grpc.status_code", code.value[0])
         span.end()
-        tenant_id_var.reset(tokens[0])
-        request_id_var.reset(tokens[1])
-        caller_var.reset(tokens[2])
-        deadline_var.reset(tokens[3])
+        # A cancelled stream may finish in another context: then the tokens are not ours to
+        # reset, and the context dies with the task anyway.
+        variables: tuple[contextvars.ContextVar[Any], ...] = (
+            tenant_id_var, request_id_var, caller_var, deadline_var,
+        )
+        for var, token in zip(variables, tokens, strict=True):
+            try:
+                var.reset(token)
+            except ValueError:
+                pass
 
     async def fail(
         self, context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
@@ -283,6 +290,7 @@ def _wrap_handler(handler: grpc.RpcMethodHandler, b: _Bound) -> grpc.RpcMethodHa
     ) -> AsyncIterator[Any]:
         state = b.enter(context)
         code = grpc.StatusCode.OK
+        result: Any = None
         try:
             with state[1]:
                 try:
@@ -302,6 +310,13 @@ def _wrap_handler(handler: grpc.RpcMethodHandler, b: _Bound) -> grpc.RpcMethodHa
                     code = status_for(exc)
                     await b.fail(context, exc)
         finally:
+            # Close the handler's generator now (a cancelled call would otherwise leave its
+            # `finally` to the garbage collector).
+            if result is not None and hasattr(result, "aclose"):
+                try:
+                    await result.aclose()
+                except (Exception, asyncio.CancelledError):
+                    pass
             b.exit(state, code)
 
     if handler.unary_stream:

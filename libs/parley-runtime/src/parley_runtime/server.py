@@ -71,6 +71,7 @@ class GrpcServiceHost:
         *,
         extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         verifier: TokenVerifier | None = None,
+        extra_options: Sequence[tuple[str, int | str]] = (),
     ) -> None:
         self.settings = settings
         if verifier is None and not settings.auth_disabled:
@@ -86,6 +87,7 @@ class GrpcServiceHost:
             ("grpc.so_reuseport", 0),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            *extra_options,
         ]
         self.server = grpc.aio.server(
             interceptors=[self.interceptor, *extra_interceptors],

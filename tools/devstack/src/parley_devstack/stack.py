@@ -120,13 +120,14 @@ class Stack:
         env["PARLEY_METRICS_PORT"] = str(p.metrics_base + 1 + idx)
         if name == "billing-svc":
             env["PARLEY_GRPC_PORT"] = str(p.billing)
-            env["PARLEY_REST_PORT"] = str(p.billing_rest)
+            env["PARLEY_HTTP_PORT"] = str(p.billing_rest)
             env["MIGRATE_DATABASE_URL"] = pg.dsn("parley_billing")
             env["DATABASE_URL"] = pg.dsn("parley_billing", "parley_billing_app", "parley-dev")
             env["PARLEY_BILLING_APP_PASSWORD"] = "parley-dev"
+            env["PARLEY_DRAIN_SECONDS"] = "2"
         elif name == "kb-svc":
             env["PARLEY_GRPC_PORT"] = str(p.kb)
-            env["PARLEY_REST_PORT"] = str(p.kb_rest)
+            env["PARLEY_ADMIN_PORT"] = str(p.kb_rest)
             env["MIGRATE_DATABASE_URL"] = pg.dsn("parley_kb")
             env["DATABASE_URL"] = pg.dsn("parley_kb", "parley_kb_app", "parley-dev")
             env["PARLEY_KB_APP_PASSWORD"] = "parley-dev"
@@ -135,7 +136,9 @@ class Stack:
         elif name == "vision-svc":
             env["PARLEY_GRPC_PORT"] = str(p.vision)
         elif name == "agent-worker":
-            env["PARLEY_AGENT_HEALTH_PORT"] = str(p.agent_health)
+            env["PARLEY_HEALTH_PORT"] = str(p.agent_health)
+            # A small shared box runs every service: admit by session count, not CPU.
+            env["PARLEY_AGENT_CPU_LOAD"] = "false"
         return env
 
     def command(self, name: str) -> list[str]:

@@ -1,0 +1,131 @@
+"""TrackFrameSelector: decisions, staleness, stats, the naive baseline, bounded state."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from parley_vision.dedup import ContentKind
+from parley_vision.frames import FrameDecoder, PixelFormat, RawFrame
+from parley_vision.selector import DecisionKind, FrameInput, TrackFrameSelector
+from parley_vision.stats import FrameStats
+from parley_vision.tenant_config import VisionConfig
+from vision_corpus import natural_image, rgb_to_i420
+
+pytestmark = pytest.mark.unit
+
+W, H = 640, 360
+
+
+def i420(seed: int) -> bytes:
+    return rgb_to_i420(natural_image(seed, W, H))[0]
+
+
+def frame(seq: int, t_ms: float, data: bytes, speaking: bool = False,
+          fmt: PixelFormat | None = PixelFormat.I420) -> FrameInput:
+    return FrameInput(seq, int(t_ms * 1000), speaking, RawFrame(fmt, W, H, data))
+
+
+def selector(**cfg: float) -> TrackFrameSelector:
+    return TrackFrameSelector(config=VisionConfig(**cfg), kind=ContentKind.SCREEN,  # type: ignore[arg-type]
+                              source_fps=30, decoder=FrameDecoder())
+
+
+def test_decisions_and_stats_add_up() -> None:
+    a, b = i420(1), i420(2)
+    sel = selector()
+    tenant = FrameStats()
+    sel._tenant = tenant
+    kinds = []
+    for i in range(90):  # 3 s at 30 fps; picture b from 1.5 s
+        data = a if i < 45 else b
+        kinds.append(sel.process(frame(i, i * 1000 / 30, data)).kind)
+    kinds.append(sel.process(frame(90, 3000, b"short")).kind)
+    assert kinds[0] is DecisionKind.KEEP and kinds[45] is DecisionKind.KEEP
+    assert kinds.count(DecisionKind.KEEP) == 2
+    assert kinds[-1] is DecisionKind.REJECTED
+    s = sel.stats
+    assert s.frames_seen == 91 and s.rejected == 1 and s.kept == 2
+    assert s.frames_seen == s.kept + s.kept_stale_forced + s.dropped_rate + s.dropped_duplicate \
+        + s.rejected
+    assert s.image_tokens_sent == 2 * 258 and s.naive_image_tokens == 90 * 258
+    assert s.bytes_sent > 0 and s.naive_bytes > 20 * s.bytes_sent
+    assert tenant == s
+
+
+def test_rate_reasons_and_staleness_forces_a_keep() -> None:
+    a = i420(3)
+    sel = selector(max_staleness_s=2.0)
+    first = sel.process(frame(0, 0, a))
+    assert first.kind is DecisionKind.KEEP and first.encoded is not None
+    rate = sel.process(frame(1, 33, a))
+    assert rate.kind is DecisionKind.DROP_RATE and "ms since last keep" in rate.reason
+    dup = sel.process(frame(2, 1000, a))
+    assert dup.kind is DecisionKind.DROP_DUPLICATE and dup.reason.startswith("duplicate")
+    stale = sel.process(frame(3, 2000, a))
+    assert stale.kind is DecisionKind.KEEP_STALE_FORCED and stale.reason.startswith("stale: 2.0 s")
+    assert sel.stats.kept_stale_forced == 1
+
+
+def test_bad_frames_do_not_disturb_the_stream() -> None:
+    a, b = i420(4), i420(5)
+    sel = selector()
+    assert sel.process(frame(0, 0, a)).kind is DecisionKind.KEEP
+    bad = [
+        frame(1, 100, a[:-10]),
+        frame(2, 200, a, fmt=None),
+        FrameInput(3, 300_000, False, RawFrame(PixelFormat.RGBA, W, H, a)),
+    ]
+    for f in bad:
+        d = sel.process(f)
+        assert d.kind is DecisionKind.REJECTED and d.error_code == "INVALID_ARGUMENT"
+        assert d.error_message
+    assert sel.process(frame(4, 400, a)).kind is DecisionKind.DROP_DUPLICATE
+    assert sel.process(frame(5, 500, b)).kind is DecisionKind.KEEP
+
+
+def test_naive_baseline_counts_source_frames_not_sent_frames() -> None:
+    a = i420(6)
+    sel = TrackFrameSelector(config=VisionConfig(), kind=ContentKind.CAMERA, source_fps=30,
+                             decoder=FrameDecoder())
+    for i in range(10):  # the caller decimated to 10 fps: each frame stands for 3
+        sel.process(frame(i, i * 100, a))
+    assert sel.stats.naive_image_tokens == (1 + 9 * 3) * 258
+    # A 20 s gap (track muted) counts as a pause, not as 600 frames.
+    sel.process(frame(10, 20_900, a))
+    assert sel.stats.naive_image_tokens == (1 + 9 * 3 + 30) * 258
+
+
+def test_state_stays_bounded_on_an_endless_stream() -> None:
+    pictures = [i420(s) for s in range(4)]
+    sel = selector(idle_fps=30, sustained_fps=30, keep_burst=30)
+    t = 0.0
+
+    def run(n: int) -> None:
+        nonlocal t
+        for i in range(n):
+            sel.process(frame(i, t, pictures[(i // 3) % 4]))
+            t += 1000 / 30
+
+    run(200)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    run(1500)
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert sel.stats.frames_kept > 400
+    assert after - before < 512 * 1024, after - before
+
+
+def test_camera_noise_is_dropped_as_duplicate() -> None:
+    rgb = natural_image(7, W, H)
+    rng = np.random.default_rng(0)
+    sel = TrackFrameSelector(config=VisionConfig(), kind=ContentKind.CAMERA, source_fps=30,
+                             decoder=FrameDecoder())
+    kinds = []
+    for i in range(60):
+        noise = np.rint(rng.normal(0, 6, (H, W))).astype(np.int16)
+        data, _ = rgb_to_i420(rgb, noise)
+        kinds.append(sel.process(frame(i, i * 1000 / 30, data)).kind)
+    assert kinds.count(DecisionKind.KEEP) == 1
