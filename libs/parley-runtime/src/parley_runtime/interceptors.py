@@ -15,7 +15,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.context import _RUNTIME_CONTEXT
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .auth import ServiceIdentity, TokenSigner, TokenVerifier
@@ -174,10 +176,11 @@ class _Bound:
             deadline_var.set(deadline),
         )
         self.icpt._in_flight.inc()
-        return span, trace.use_span(span, end_on_exit=False), tokens, time.perf_counter()
+        otel_token = otel_context.attach(trace.set_span_in_context(span))
+        return span, otel_token, tokens, time.perf_counter()
 
     def exit(self, state: tuple[Any, ...], code: grpc.StatusCode) -> None:
-        span, use, tokens, start = state
+        span, otel_token, tokens, start = state
         self.icpt._in_flight.dec()
         self.icpt.latency_child(self.short).observe(time.perf_counter() - start)
         self.icpt.handled_child(self.short, code).inc()
@@ -185,6 +188,10 @@ class _Bound:
             span.set_status(Status(StatusCode.ERROR, code.name))
         span.set_attribute("rpc.grpc.status_code", code.value[0])
         span.end()
+        try:
+            _RUNTIME_CONTEXT.detach(otel_token)
+        except ValueError:
+            pass
         # A cancelled stream may finish in another context: then the tokens are not ours to
         # reset, and the context dies with the task anyway.
         variables: tuple[contextvars.ContextVar[Any], ...] = (
@@ -256,22 +263,21 @@ def _wrap_handler(handler: grpc.RpcMethodHandler, b: _Bound) -> grpc.RpcMethodHa
             state = b.enter(context)
             code = grpc.StatusCode.OK
             try:
-                with state[1]:
-                    try:
-                        if default_deadline and context.time_remaining() is None:
-                            async with asyncio.timeout(default_deadline):
-                                return await inner(request, context)
-                        return await inner(request, context)
-                    except grpc.aio.AbortError:
-                        code = _aborted_code(context)
-                        raise
-                    except asyncio.CancelledError:
-                        code = grpc.StatusCode.CANCELLED
-                        raise
-                    except Exception as exc:
-                        code = status_for(exc)
-                        await b.fail(context, exc)
-                        raise
+                try:
+                    if default_deadline and context.time_remaining() is None:
+                        async with asyncio.timeout(default_deadline):
+                            return await inner(request, context)
+                    return await inner(request, context)
+                except grpc.aio.AbortError:
+                    code = _aborted_code(context)
+                    raise
+                except asyncio.CancelledError:
+                    code = grpc.StatusCode.CANCELLED
+                    raise
+                except Exception as exc:
+                    code = status_for(exc)
+                    await b.fail(context, exc)
+                    raise
             finally:
                 b.exit(state, code)
 
@@ -292,23 +298,22 @@ def _wrap_handler(handler: grpc.RpcMethodHandler, b: _Bound) -> grpc.RpcMethodHa
         code = grpc.StatusCode.OK
         result: Any = None
         try:
-            with state[1]:
-                try:
-                    result = inner_stream(request, context)
-                    if hasattr(result, "__aiter__"):
-                        async for item in result:
-                            yield item
-                    else:
-                        await result
-                except grpc.aio.AbortError:
-                    code = _aborted_code(context)
-                    raise
-                except (asyncio.CancelledError, GeneratorExit):
-                    code = grpc.StatusCode.CANCELLED
-                    raise
-                except Exception as exc:
-                    code = status_for(exc)
-                    await b.fail(context, exc)
+            try:
+                result = inner_stream(request, context)
+                if hasattr(result, "__aiter__"):
+                    async for item in result:
+                        yield item
+                else:
+                    await result
+            except grpc.aio.AbortError:
+                code = _aborted_code(context)
+                raise
+            except (asyncio.CancelledError, GeneratorExit):
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                code = status_for(exc)
+                await b.fail(context, exc)
         finally:
             # Close the handler's generator now (a cancelled call would otherwise leave its
             # `finally` to the garbage collector).

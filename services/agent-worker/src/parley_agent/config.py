@@ -1,0 +1,234 @@
+"""Typed settings of the agent worker (env prefix PARLEY_, peers as <DEP>_ADDR) and the model of
+a tenant's `agent:` section in PARLEY_TENANTS_FILE."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from parley_runtime.settings import ServiceSettings
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, HttpUrl, field_validator
+from pydantic_settings import SettingsConfigDict
+
+Role = Literal["assistant", "notetaker"]
+TurnDetection = Literal["vad", "eot-local", "stt"]
+
+
+class WorkerSettings(ServiceSettings):
+    """Process-wide settings. Picklable: they travel to every job process with the entrypoint."""
+
+    model_config = SettingsConfigDict(env_prefix="PARLEY_", extra="ignore", populate_by_name=True)
+
+    service_name: str = "agent-worker"
+    # Prometheus /metrics of the worker and all its job processes (0 disables).
+    metrics_port: int = Field(default=9105, ge=0, le=65535)
+    # livekit-agents' worker HTTP server: `GET /` health, `GET /worker` JSON.
+    health_port: int = Field(default=8081, ge=0, le=65535)
+
+    agent_name: str = Field(
+        default="parley-agent",
+        validation_alias=AliasChoices("PARLEY_AGENT_NAME", "LIVEKIT_AGENT_NAME"),
+    )
+    # Hard cap on concurrent sessions in this worker; the load function reports full at the cap.
+    agent_max_sessions: int = Field(default=10, ge=1)
+    # Load (max of CPU and sessions/cap scaled to it) at which the worker stops taking jobs.
+    agent_load_threshold: float = Field(
+        default=0.75, gt=0, le=1.0
+    )
+    # Count CPU use in the load (production); off, only the session cap applies (a small shared
+    # box running every service, where CPU spikes are not this worker's).
+    agent_cpu_load: bool = True
+    agent_idle_processes: int | None = Field(
+        default=None, ge=0
+    )
+    # Seconds SIGTERM waits for running sessions to end before the worker stops.
+    agent_drain_timeout_s: int = Field(
+        default=600, ge=0
+    )
+    agent_job_memory_warn_mb: float = Field(
+        default=600, ge=0
+    )
+    agent_job_memory_limit_mb: float = Field(
+        default=0, ge=0
+    )
+    # Where job processes write Prometheus samples for the worker to aggregate.
+    agent_prometheus_dir: str | None = Field(
+        default=None
+    )
+
+    router_addr: str = Field(default="127.0.0.1:50051", validation_alias="ROUTER_ADDR")
+    vision_addr: str = Field(default="127.0.0.1:50052", validation_alias="VISION_ADDR")
+    kb_addr: str = Field(default="127.0.0.1:50053", validation_alias="KB_ADDR")
+    # Usage events go to billing-svc through parley_runtime's durable spool (unset: not billed).
+    billing_addr: str = Field(default="", validation_alias="BILLING_ADDR")
+
+    # Turn handling: "eot-local" is livekit's audio end-of-turn model (turn-detector-v1-mini,
+    # shipped in livekit-local-inference, run in-process) on top of the VAD; "vad" ends the turn
+    # on silence alone.
+    agent_turn_detection: TurnDetection = "eot-local"
+    agent_min_endpointing_s: float = Field(
+        default=0.5, ge=0
+    )
+    agent_max_endpointing_s: float = Field(
+        default=3.0, ge=0
+    )
+    # Preemptive generation starts the LLM before the turn is final: lower latency, more calls.
+    agent_preemptive_generation: bool = Field(
+        default=False
+    )
+
+    # LLM calls to router-svc: per-attempt gRPC deadline and retries before any output.
+    agent_llm_timeout_s: float = Field(default=30.0, gt=0)
+    agent_llm_max_retry: int = Field(default=2, ge=0)
+    agent_llm_retry_interval_s: float = Field(
+        default=0.5, ge=0
+    )
+    agent_max_output_tokens: int = Field(
+        default=400, ge=1
+    )
+    agent_kb_timeout_s: float = Field(default=5.0, gt=0)
+
+    # Offline speech.
+    agent_stt_threads: int = Field(default=1, ge=1, le=16)
+    agent_preload_stt: bool = Field(default=True)
+    espeak_binary: str = "espeak-ng"
+
+    # Vision: frames sent to vision-svc per second at most per track (0: every frame), and the
+    # reconnect backoff of a failed frame stream.
+    agent_vision_max_send_fps: float = Field(
+        default=15.0, ge=0
+    )
+    agent_vision_backoff_max_s: float = Field(
+        default=10.0, gt=0
+    )
+
+    # Usage shipping to billing-svc: periodic deltas, then a final flush at session end.
+    agent_usage_interval_s: float = Field(
+        default=60.0, gt=0
+    )
+    agent_usage_flush_timeout_s: float = Field(
+        default=10.0, gt=0
+    )
+
+    # Cloud speech providers, used per tenant when their key is set.
+    deepgram_api_key: str | None = Field(default=None, validation_alias="DEEPGRAM_API_KEY")
+    elevenlabs_api_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("ELEVEN_API_KEY", "ELEVENLABS_API_KEY")
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The tenant's `agent:` section.
+
+ActionName = Literal["create_task", "log_insight", "fetch_user_profile"]
+_SPECIALIST_RE = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SttChoice(_Strict):
+    provider: Literal["local", "deepgram"] = "local"
+    model: str | None = None
+    language: str = "en"
+
+
+class TtsChoice(_Strict):
+    provider: Literal["espeak", "elevenlabs"] = "espeak"
+    # espeak-ng voice (e.g. "en-us", "en-gb+f3") or ElevenLabs voice id.
+    voice: str = "en-us"
+    model: str | None = None
+    # espeak-ng speaking rate, words per minute.
+    rate_wpm: int = Field(default=175, ge=80, le=450)
+
+
+class KnowledgeOptions(_Strict):
+    enabled: bool = True
+    top_k: int = Field(default=4, ge=1, le=20)
+    mode: Literal["hybrid", "vector", "full_text"] = "hybrid"
+    min_score: float = Field(default=0.0, ge=0)
+    max_snippet_chars: int = Field(default=400, ge=50, le=4000)
+
+
+class ActionEndpoint(_Strict):
+    """One tenant-hosted HTTP endpoint the agent may call, signed with the tenant's secret."""
+
+    url: HttpUrl
+    # Name of the environment variable (e.g. a mounted Kubernetes secret) holding the secret.
+    secret_env: str = Field(pattern=r"^[A-Z_][A-Z0-9_]*$")
+    timeout_s: float = Field(default=5.0, gt=0, le=30)
+    description: str | None = None
+
+
+class Specialist(_Strict):
+    name: str
+    description: str
+    instructions: str
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, value: str) -> str:
+        if not _SPECIALIST_RE.match(value):
+            raise ValueError("specialist name must be snake_case (a-z, 0-9, _), max 31 chars")
+        return value
+
+
+class VisionAttachOptions(_Strict):
+    enabled: bool = True
+    # Words that mean the user refers to what they show; a turn that uses one gets the latest
+    # kept frame even when it did not change.
+    keywords: tuple[str, ...] = (
+        "this", "that", "these", "here", "screen", "slide", "slides", "see", "look", "show",
+        "shown", "showing", "display", "image", "picture", "camera", "page", "chart", "diagram",
+        "window", "tab",
+    )
+    max_images: int = Field(default=2, ge=1, le=4)
+    # Frames older than this are never attached.
+    max_age_s: float = Field(default=120.0, gt=0)
+
+
+class RoutingPolicy(_Strict):
+    max_tier: Literal["simple", "standard", "premium"] | None = None
+    max_cost_usd: float = Field(default=0.0, ge=0)
+
+
+class NoteTakerOptions(_Strict):
+    enabled: bool = True
+    summary_every_turns: int = Field(default=4, ge=1, le=100)
+    max_transcript_chars: int = Field(default=12000, ge=500)
+
+
+class TenantAgentConfig(_Strict):
+    """A tenant's `agent:` section, validated when a job for that tenant starts."""
+
+    instructions: str = (
+        "You are a helpful voice assistant. Answer briefly in plain spoken language. Use the "
+        "search_knowledge tool for anything about the organisation, and say so when you "
+        "cannot find it."
+    )
+    greeting: str | None = None
+    stt: SttChoice = SttChoice()
+    tts: TtsChoice = TtsChoice()
+    knowledge: KnowledgeOptions = KnowledgeOptions()
+    actions: dict[ActionName, ActionEndpoint] = Field(default_factory=dict)
+    specialists: tuple[Specialist, ...] = ()
+    vision_attach: VisionAttachOptions = VisionAttachOptions()
+    routing: RoutingPolicy = RoutingPolicy()
+    notetaker: NoteTakerOptions = NoteTakerOptions()
+    video_enabled: bool = True
+
+
+class VisionOverrides(BaseModel):
+    """The keys of a tenant's `vision:` section this worker forwards to vision-svc per stream
+    (vision-svc validates the whole section itself; other keys are ignored here)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    speaking_fps: float | None = Field(default=None, gt=0)
+    idle_fps: float | None = Field(default=None, gt=0)
+    hamming_threshold: int | None = Field(default=None, ge=0, le=64)
+    tile_hamming_threshold: int | None = Field(default=None, ge=0, le=64)
+    max_staleness_s: float | None = Field(default=None, gt=0)
+    jpeg_quality: int | None = Field(default=None, ge=1, le=100)
+    max_image_side: int | None = Field(default=None, ge=16)

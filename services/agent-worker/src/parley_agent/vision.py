@@ -1,0 +1,447 @@
+"""Video capture: camera and screen-share tracks streamed to vision-svc, and the kept frames
+attached to user turns when they matter.
+
+One `FrameStreamer` per subscribed video track sends I420 frames (with the user's speaking state
+and the frame's own timestamp) over a ProcessFrames stream; vision-svc answers every frame with a
+decision and returns the kept ones encoded. The latest kept frame per track waits in a
+`KeptFrameStore` until a user turn needs it: when it changed since the last turn, or when the user
+refers to what they show. Bad frames are rejected one by one by vision-svc; a failed stream is
+retried with backoff; nothing here can end the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+
+import grpc
+from livekit import rtc
+from livekit.agents import llm
+from parley.common.v1 import common_pb2
+from parley.vision.v1 import vision_pb2, vision_pb2_grpc
+from parley_runtime.context import TENANT_HEADER
+
+from .config import VisionAttachOptions, VisionOverrides
+from .log import logger
+from .metrics import IMAGES_ATTACHED, VISION_FRAMES, VISION_STREAM_ERRORS
+
+_DECISION_LABELS = {
+    vision_pb2.DECISION_KEEP: "keep",
+    vision_pb2.DECISION_DROP_RATE: "drop_rate",
+    vision_pb2.DECISION_DROP_DUPLICATE: "drop_duplicate",
+    vision_pb2.DECISION_KEEP_STALE_FORCED: "keep_stale",
+    vision_pb2.DECISION_REJECTED: "rejected",
+}
+_WORD = re.compile(r"[a-z']+")
+
+TrackKind = str  # "camera" | "screen_share"
+
+
+@dataclass(frozen=True, slots=True)
+class KeptFrame:
+    track_sid: str
+    kind: TrackKind
+    participant: str
+    image: common_pb2.Image
+    kept_at: float
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    frame: KeptFrame
+    reason: str  # "changed" | "referenced"
+
+
+class KeptFrameStore:
+    """The latest kept frame of each track and which version each turn has already seen."""
+
+    def __init__(self) -> None:
+        self._frames: dict[str, KeptFrame] = {}
+        self._versions: dict[str, int] = {}
+        self._attached: dict[str, int] = {}
+
+    def update(
+        self, track_sid: str, kind: TrackKind, participant: str, image: common_pb2.Image,
+        *, now: float | None = None,
+    ) -> KeptFrame:
+        version = self._versions.get(track_sid, 0) + 1
+        self._versions[track_sid] = version
+        frame = KeptFrame(
+            track_sid=track_sid, kind=kind, participant=participant, image=image,
+            kept_at=time.monotonic() if now is None else now, version=version,
+        )
+        self._frames[track_sid] = frame
+        return frame
+
+    def remove(self, track_sid: str) -> None:
+        self._frames.pop(track_sid, None)
+
+    def latest(self) -> list[KeptFrame]:
+        return list(self._frames.values())
+
+    def select_for_turn(
+        self, text: str | None, options: VisionAttachOptions, *, now: float | None = None
+    ) -> list[Attachment]:
+        """Frames to attach to a user turn, and mark them seen.
+
+        A frame qualifies when it changed since the last turn that saw its track, or when the
+        turn's words refer to what is shown (the options' keywords). Screen shares come first,
+        then cameras; at most `max_images`; never older than `max_age_s`.
+        """
+        if not options.enabled:
+            return []
+        now = time.monotonic() if now is None else now
+        words = set(_WORD.findall((text or "").lower()))
+        referenced = bool(words & set(options.keywords))
+        candidates = sorted(
+            self._frames.values(),
+            key=lambda f: (f.kind != "screen_share", -f.kept_at),
+        )
+        chosen: list[Attachment] = []
+        for frame in candidates:
+            if len(chosen) >= options.max_images:
+                break
+            if now - frame.kept_at > options.max_age_s:
+                continue
+            if frame.version != self._attached.get(frame.track_sid):
+                chosen.append(Attachment(frame, "changed"))
+            elif referenced:
+                chosen.append(Attachment(frame, "referenced"))
+        for att in chosen:
+            self._attached[att.frame.track_sid] = att.frame.version
+        return chosen
+
+
+def image_content(frame: KeptFrame) -> llm.ImageContent:
+    img = frame.image
+    mime = img.mime_type or "image/jpeg"
+    data_url = f"data:{mime};base64,{base64.b64encode(img.data).decode()}"
+    return llm.ImageContent(
+        id=img.source_ref or f"img_{uuid.uuid4().hex[:12]}",
+        image=data_url,
+        mime_type=mime,
+        inference_width=img.width or None,
+        inference_height=img.height or None,
+    )
+
+
+def attach_frames(
+    message: llm.ChatMessage, store: KeptFrameStore, options: VisionAttachOptions
+) -> list[Attachment]:
+    """Append the relevant kept frames to a user message (in place); returns what was added."""
+    chosen = store.select_for_turn(message.text_content, options)
+    for att in chosen:
+        message.content.append(image_content(att.frame))
+        IMAGES_ATTACHED.labels(att.reason).inc()
+    return chosen
+
+
+def i420_frame(frame: rtc.VideoFrame) -> rtc.VideoFrame:
+    if frame.type == rtc.VideoBufferType.I420:
+        return frame
+    return frame.convert(rtc.VideoBufferType.I420)
+
+
+@dataclass
+class StreamerStats:
+    sent: int = 0
+    decisions: dict[str, int] = field(default_factory=dict)
+    errors: int = 0
+    reconnects: int = 0
+
+
+class FrameStreamer:
+    """Streams one video track's frames to vision-svc until the track ends or `aclose()`."""
+
+    def __init__(
+        self,
+        *,
+        stub: vision_pb2_grpc.VisionServiceStub,
+        frames: AsyncIterator[rtc.VideoFrameEvent],
+        tenant_id: str,
+        session_id: str,
+        participant: str,
+        track_sid: str,
+        kind: TrackKind,
+        store: KeptFrameStore,
+        speaking: Callable[[], bool],
+        overrides: VisionOverrides,
+        max_send_fps: float,
+        backoff_max_s: float,
+        source_fps: float = 30.0,
+    ) -> None:
+        self._stub = stub
+        self._frames = frames
+        self._tenant_id = tenant_id
+        self._session_id = session_id
+        self._participant = participant
+        self._track_sid = track_sid
+        self._kind = kind
+        self._store = store
+        self._speaking = speaking
+        self._overrides = overrides
+        self._min_interval_us = int(1_000_000 / max_send_fps) if max_send_fps > 0 else 0
+        self._backoff_max = backoff_max_s
+        self._source_fps = source_fps
+        self._sequence = 0
+        self._last_sent_us: int | None = None
+        self._ended = False
+        self.stats = StreamerStats()
+
+    def _config(self) -> vision_pb2.StreamConfig:
+        settings = vision_pb2.VisionSettings(
+            **{k: v for k, v in self._overrides.model_dump().items() if v is not None}
+        )
+        return vision_pb2.StreamConfig(
+            session_id=self._session_id,
+            participant_id=self._participant,
+            track_id=self._track_sid,
+            source=(
+                common_pb2.TRACK_SOURCE_SCREEN_SHARE
+                if self._kind == "screen_share"
+                else common_pb2.TRACK_SOURCE_CAMERA
+            ),
+            source_fps=self._source_fps,
+            settings=settings,
+        )
+
+    def _to_request(self, event: rtc.VideoFrameEvent) -> vision_pb2.ProcessFramesRequest | None:
+        ts = int(event.timestamp_us)
+        if (
+            self._min_interval_us
+            and self._last_sent_us is not None
+            and 0 <= ts - self._last_sent_us < self._min_interval_us
+        ):
+            return None
+        try:
+            frame = i420_frame(event.frame)
+            data = bytes(frame.data)
+        except Exception:
+            logger.debug("video frame could not be converted; skipped", exc_info=True)
+            return None
+        self._last_sent_us = ts
+        self._sequence += 1
+        return vision_pb2.ProcessFramesRequest(
+            frame=vision_pb2.Frame(
+                sequence=self._sequence,
+                timestamp_us=ts,
+                format=vision_pb2.FRAME_FORMAT_I420,
+                width=frame.width,
+                height=frame.height,
+                data=data,
+                speaking=bool(self._speaking()),
+            )
+        )
+
+    async def _requests(self) -> AsyncIterator[vision_pb2.ProcessFramesRequest]:
+        yield vision_pb2.ProcessFramesRequest(config=self._config())
+        while True:
+            try:
+                event = await self._frames.__anext__()
+            except StopAsyncIteration:
+                self._ended = True
+                return
+            req = self._to_request(event)
+            if req is not None:
+                self.stats.sent += 1
+                yield req
+
+    def _on_response(self, resp: vision_pb2.ProcessFramesResponse) -> None:
+        if resp.HasField("stats"):
+            s = resp.stats.stats
+            logger.info(
+                "vision stream stats",
+                extra={
+                    "track_sid": self._track_sid, "frames_seen": s.frames_seen, "kept": s.kept,
+                    "dropped_rate": s.dropped_rate, "dropped_duplicate": s.dropped_duplicate,
+                    "rejected": s.rejected,
+                },
+            )
+            return
+        decision = resp.decision
+        label = _DECISION_LABELS.get(decision.decision, "unspecified")
+        self.stats.decisions[label] = self.stats.decisions.get(label, 0) + 1
+        VISION_FRAMES.labels(label).inc()
+        if decision.decision in (vision_pb2.DECISION_KEEP, vision_pb2.DECISION_KEEP_STALE_FORCED):
+            if decision.kept.image.data:
+                self._store.update(
+                    self._track_sid, self._kind, self._participant, decision.kept.image
+                )
+        elif decision.decision == vision_pb2.DECISION_REJECTED:
+            if self.stats.decisions[label] in (1, 10, 100, 1000):
+                logger.warning(
+                    "vision-svc rejected frames",
+                    extra={
+                        "track_sid": self._track_sid, "rejected": self.stats.decisions[label],
+                        "code": decision.error_code, "reason": decision.error_message,
+                    },
+                )
+
+    async def run(self) -> None:
+        attempt = 0
+        while not self._ended:
+            started = time.monotonic()
+            call = self._stub.ProcessFrames(
+                self._requests(), metadata=((TENANT_HEADER, self._tenant_id),)
+            )
+            try:
+                async for resp in call:
+                    self._on_response(resp)
+                if self._ended:
+                    return
+                raise ConnectionError("vision-svc ended the frame stream")
+            except asyncio.CancelledError:
+                raise
+            except (grpc.aio.AioRpcError, ConnectionError) as exc:
+                self.stats.errors += 1
+                VISION_STREAM_ERRORS.inc()
+                if time.monotonic() - started > 30:
+                    attempt = 0
+                delay = min(self._backoff_max, 0.5 * 2**attempt) * (0.5 + random.random() / 2)
+                attempt += 1
+                logger.warning(
+                    "vision stream failed; retrying",
+                    extra={
+                        "track_sid": self._track_sid,
+                        "code": exc.code().name if isinstance(exc, grpc.aio.AioRpcError)
+                        else "closed",
+                        "retry_in_s": round(delay, 2),
+                    },
+                )
+                await asyncio.sleep(delay)
+                self.stats.reconnects += 1
+            finally:
+                if not call.done():
+                    call.cancel()
+
+
+class VisionCapture:
+    """Owns one FrameStreamer task per subscribed camera/screen-share track of the room's users."""
+
+    def __init__(
+        self,
+        *,
+        room: rtc.Room,
+        channel: grpc.aio.Channel,
+        tenant_id: str,
+        session_id: str,
+        store: KeptFrameStore,
+        speaking: Callable[[], bool],
+        overrides: VisionOverrides,
+        max_send_fps: float,
+        backoff_max_s: float,
+    ) -> None:
+        self._room = room
+        self._stub = vision_pb2_grpc.VisionServiceStub(channel)
+        self._tenant_id = tenant_id
+        self._session_id = session_id
+        self._store = store
+        self._speaking = speaking
+        self._overrides = overrides
+        self._max_send_fps = max_send_fps
+        self._backoff_max = backoff_max_s
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._streams: dict[str, rtc.VideoStream] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self.streamers: dict[str, FrameStreamer] = {}
+        self._closed = False
+
+    def start(self) -> None:
+        self._room.on("track_subscribed", self._on_track_subscribed)
+        self._room.on("track_unsubscribed", self._on_track_unsubscribed)
+        for participant in self._room.remote_participants.values():
+            for pub in participant.track_publications.values():
+                if pub.track is not None and pub.subscribed:
+                    self._on_track_subscribed(pub.track, pub, participant)
+
+    @staticmethod
+    def kind_of(publication: rtc.RemoteTrackPublication) -> TrackKind | None:
+        if publication.source == rtc.TrackSource.SOURCE_SCREENSHARE:
+            return "screen_share"
+        if publication.source == rtc.TrackSource.SOURCE_CAMERA:
+            return "camera"
+        return None
+
+    def _on_track_subscribed(
+        self,
+        track: rtc.Track,
+        publication: rtc.RemoteTrackPublication,
+        participant: rtc.RemoteParticipant,
+    ) -> None:
+        if self._closed or track.kind != rtc.TrackKind.KIND_VIDEO:
+            return
+        if participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
+            return
+        kind = self.kind_of(publication)
+        if kind is None or track.sid in self._tasks:
+            return
+        stream = rtc.VideoStream(track, format=rtc.VideoBufferType.I420, capacity=2)
+        streamer = FrameStreamer(
+            stub=self._stub, frames=stream.__aiter__(), tenant_id=self._tenant_id,
+            session_id=self._session_id, participant=participant.identity,
+            track_sid=track.sid, kind=kind, store=self._store, speaking=self._speaking,
+            overrides=self._overrides, max_send_fps=self._max_send_fps,
+            backoff_max_s=self._backoff_max,
+        )
+        self._streams[track.sid] = stream
+        self.streamers[track.sid] = streamer
+        task = asyncio.create_task(self._guard(track.sid, streamer), name=f"vision-{track.sid}")
+        self._tasks[track.sid] = task
+        logger.info(
+            "video track streaming to vision-svc",
+            extra={"track_sid": track.sid, "kind": kind, "participant": participant.identity},
+        )
+
+    async def _guard(self, track_sid: str, streamer: FrameStreamer) -> None:
+        try:
+            await streamer.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("video streaming stopped", extra={"track_sid": track_sid})
+
+    def _on_track_unsubscribed(
+        self,
+        track: rtc.Track,
+        publication: rtc.RemoteTrackPublication,
+        participant: rtc.RemoteParticipant,
+    ) -> None:
+        stream = self._streams.pop(track.sid, None)
+        if stream is not None:
+            # Ends the frame iterator: the streamer closes its stream and collects the stats.
+            task = asyncio.create_task(stream.aclose(), name=f"vision-close-{track.sid}")
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        self._store.remove(track.sid)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._room.off("track_subscribed", self._on_track_subscribed)
+        self._room.off("track_unsubscribed", self._on_track_unsubscribed)
+        await asyncio.gather(*self._closing, return_exceptions=True)
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for stream in self._streams.values():
+            try:
+                await stream.aclose()
+            except Exception:
+                logger.debug("video stream close failed", exc_info=True)
+        self._tasks.clear()
+        self._streams.clear()
+
+
+def describe(attachments: Iterable[Attachment]) -> list[dict[str, object]]:
+    return [
+        {"track_sid": a.frame.track_sid, "kind": a.frame.kind, "reason": a.reason,
+         "source_ref": a.frame.image.source_ref}
+        for a in attachments
+    ]

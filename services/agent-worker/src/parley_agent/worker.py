@@ -1,0 +1,284 @@
+"""The livekit-agents AgentServer: job admission by tenant, prewarm, load, and the job entrypoint.
+
+One worker process serves many rooms; each job (room) runs in its own process, forked from a
+forkserver that preloaded the plugins and models. The settings travel to every job process as
+an argument of the (pickled) entrypoint, never through mutable globals.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import psutil
+from livekit import rtc
+from livekit.agents import AgentServer, JobContext, JobProcess, JobRequest
+from livekit.agents.worker import ServerEnvOption
+from livekit.plugins import silero
+from parley_runtime.server import make_signer
+from parley_runtime.usage import UsageClientSettings, make_usage_recorder
+
+from . import local_stt
+from .config import WorkerSettings
+from .log import logger
+from .metadata import JobIdentity, MetadataError, parse_job_identity
+from .metrics import ACTIVE_SESSIONS, JOBS
+from .session import AssistantRuntime, Backends, NoteTakerRuntime, default_session_id
+from .tenancy import TenantDirectory, TenantProfile, TenantRefused
+
+AGENT_IDENTITY_PREFIX = "parley-"
+ATTR_ROLE = "parley.role"
+ATTR_TENANT = "parley.tenant_id"
+ATTR_SESSION = "parley.session_id"
+
+
+class JobRefused(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def admit(
+    directory: TenantDirectory, dispatch_metadata: str | None, room_metadata: str | None
+) -> tuple[JobIdentity, TenantProfile]:
+    """Identify the job and load its tenant, or raise JobRefused with a reason code."""
+    try:
+        identity = parse_job_identity(dispatch_metadata, room_metadata)
+    except MetadataError as exc:
+        raise JobRefused(exc.reason, exc.message) from None
+    try:
+        profile = directory.profile(identity.tenant_id)
+    except TenantRefused as exc:
+        raise JobRefused(exc.reason, exc.message) from None
+    return identity, profile
+
+
+# ---------------------------------------------------------------------------------------------
+# Load
+
+
+class SessionLoad:
+    """Worker load in [0, 1]: the larger of CPU use (moving average) and the share of the session
+    cap in use, scaled so that reaching the cap reaches the load threshold exactly."""
+
+    def __init__(
+        self, *, max_sessions: int, threshold: float, use_cpu: bool = True, window: int = 5
+    ) -> None:
+        self._max = max_sessions
+        self._threshold = threshold
+        self._use_cpu = use_cpu
+        self._cpu: deque[float] = deque(maxlen=window)
+        self._lock = threading.Lock()
+        psutil.cpu_percent(interval=None)  # prime the counter
+
+    def sample_cpu(self) -> float:
+        value = psutil.cpu_percent(interval=None) / 100.0
+        with self._lock:
+            self._cpu.append(value)
+            return sum(self._cpu) / len(self._cpu)
+
+    def compute(self, active_sessions: int, cpu: float) -> float:
+        sessions = active_sessions / self._max * self._threshold
+        return min(1.0, max(cpu, sessions))
+
+    def __call__(self, server: AgentServer) -> float:
+        cpu = self.sample_cpu() if self._use_cpu else 0.0
+        return self.compute(len(server.active_jobs), cpu)
+
+
+# ---------------------------------------------------------------------------------------------
+# Process set-up and job admission
+
+
+def prewarm(settings: WorkerSettings, proc: JobProcess) -> None:
+    """Runs once in each job process before it takes a job: load the models it will use."""
+    started = time.perf_counter()
+    proc.userdata["vad"] = silero.VAD.load()
+    if settings.agent_preload_stt:
+        local_stt.load_whisper(settings.agent_stt_threads)
+    logger.info("job process ready", extra={"prewarm_s": round(time.perf_counter() - started, 3)})
+
+
+_directories: dict[str | None, TenantDirectory] = {}
+
+
+def tenant_directory(settings: WorkerSettings) -> TenantDirectory:
+    directory = _directories.get(settings.tenants_file)
+    if directory is None:
+        directory = _directories[settings.tenants_file] = TenantDirectory(settings.tenants_file)
+    return directory
+
+
+async def on_request(settings: WorkerSettings, req: JobRequest) -> None:
+    """Accept only jobs whose metadata names a known tenant with a valid agent config."""
+    log_ctx = {"job_id": req.id, "room": req.room.name, "agent_name": req.agent_name}
+    try:
+        identity, _ = admit(tenant_directory(settings), req.job.metadata, req.room.metadata)
+    except JobRefused as exc:
+        JOBS.labels("refused", exc.reason).inc()
+        logger.warning("job refused", extra={**log_ctx, "reason": exc.reason,
+                                              "detail": exc.message})
+        await req.reject()
+        return
+    JOBS.labels("accepted", identity.role).inc()
+    logger.info("job accepted", extra={**log_ctx, "tenant_id": identity.tenant_id,
+                                        "role": identity.role})
+    await req.accept(
+        identity=f"{AGENT_IDENTITY_PREFIX}{identity.role}-{req.id}",
+        name=f"Parley {identity.role}",
+        attributes={ATTR_ROLE: identity.role, ATTR_TENANT: identity.tenant_id},
+    )
+
+
+async def entrypoint(settings: WorkerSettings, ctx: JobContext) -> None:
+    """One job: re-check the tenant (room metadata may have changed), then run its role."""
+    log_ctx = {"job_id": ctx.job.id, "room": ctx.job.room.name}
+    try:
+        identity, profile = admit(
+            tenant_directory(settings), ctx.job.metadata, ctx.job.room.metadata
+        )
+    except JobRefused as exc:
+        JOBS.labels("refused", exc.reason).inc()
+        logger.warning("job refused at start", extra={**log_ctx, "reason": exc.reason,
+                                                      "detail": exc.message})
+        ctx.shutdown(reason=f"refused: {exc.reason}")
+        return
+
+    session_id = default_session_id(identity, ctx.job.room.sid, ctx.job.room.name)
+    ctx.log_context_fields = {**log_ctx, "tenant_id": identity.tenant_id,
+                              "session_id": session_id, "role": identity.role}
+    signer = make_signer(settings)
+    backends = Backends.connect(settings, signer)
+    usage_settings = UsageClientSettings().model_copy(
+        update={"billing_addr": settings.billing_addr}
+    )
+    recorder = make_usage_recorder("agent-worker", signer, settings=usage_settings)
+    ACTIVE_SESSIONS.labels(identity.role).inc()
+    runtime: AssistantRuntime | NoteTakerRuntime
+    try:
+        if identity.role == "notetaker":
+            runtime = NoteTakerRuntime(
+                identity=identity, profile=profile, settings=settings, backends=backends,
+                recorder=recorder, session_id=session_id, job_id=ctx.job.id,
+            )
+        else:
+            runtime = AssistantRuntime(
+                identity=identity, profile=profile, settings=settings, backends=backends,
+                recorder=recorder, session_id=session_id, job_id=ctx.job.id,
+                room_name=ctx.job.room.name, vad_model=ctx.proc.userdata.get("vad"),
+            )
+    except Exception:
+        ACTIVE_SESSIONS.labels(identity.role).dec()
+        await backends.aclose()
+        raise
+
+    async def cleanup(reason: str) -> None:
+        try:
+            await runtime.aclose()
+        finally:
+            await recorder.close()
+            await backends.aclose()
+            ACTIVE_SESSIONS.labels(identity.role).dec()
+            logger.info("session ended", extra={"reason": reason})
+
+    ctx.add_shutdown_callback(cleanup)
+
+    try:
+        if isinstance(runtime, NoteTakerRuntime):
+            await ctx.connect()
+            runtime.start(ctx.room)
+            _end_when_users_leave(ctx)
+        else:
+            await runtime.start(ctx.room, on_close=lambda reason: ctx.shutdown(reason=reason))
+        await ctx.room.local_participant.set_attributes({ATTR_SESSION: session_id})
+    except Exception as exc:
+        # The shutdown callback still releases everything; the worker keeps serving.
+        JOBS.labels("failed", type(exc).__name__).inc()
+        logger.exception("session failed to start")
+        ctx.shutdown(reason=f"failed: {type(exc).__name__}")
+        return
+    logger.info("session started", extra={"tenant_id": identity.tenant_id,
+                                           "user_id": identity.user_id})
+
+
+def _end_when_users_leave(ctx: JobContext) -> None:
+    """The note-taker leaves when no user is left in the room."""
+
+    def check(_: Any = None) -> None:
+        users = [
+            p for p in ctx.room.remote_participants.values()
+            if p.kind != rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+        ]
+        if not users:
+            ctx.shutdown(reason="no users left")
+
+    ctx.room.on("participant_disconnected", check)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_server(settings: WorkerSettings, **overrides: Any) -> AgentServer:
+    """The AgentServer for these settings (`overrides` go to AgentServer, e.g. ws_url in tests)."""
+    load = SessionLoad(
+        max_sessions=settings.agent_max_sessions,
+        threshold=settings.agent_load_threshold,
+        use_cpu=settings.agent_cpu_load,
+    )
+    idle: int | ServerEnvOption[int] = (
+        settings.agent_idle_processes
+        if settings.agent_idle_processes is not None
+        # livekit-agents counts each job being accepted as load_threshold / idle processes until
+        # it runs: with fewer than two idle processes a second simultaneous dispatch (e.g. the
+        # note-taker joining with the assistant) is refused.
+        else ServerEnvOption(
+            dev_default=min(2, settings.agent_max_sessions),
+            prod_default=min(4, settings.agent_max_sessions),
+        )
+    )
+    kwargs: dict[str, Any] = {
+        "setup_fnc": functools.partial(prewarm, settings),
+        "load_fnc": load,
+        "load_threshold": settings.agent_load_threshold,
+        "num_idle_processes": idle,
+        "drain_timeout": settings.agent_drain_timeout_s,
+        "job_memory_warn_mb": settings.agent_job_memory_warn_mb,
+        "job_memory_limit_mb": settings.agent_job_memory_limit_mb,
+        "host": settings.host,
+        "port": settings.health_port,
+        "prometheus_port": settings.metrics_port or None,
+        "prometheus_multiproc_dir": settings.agent_prometheus_dir,
+        "shutdown_process_timeout": 30.0,
+    }
+    kwargs.update(overrides)
+    server = AgentServer(**kwargs)
+    server.rtc_session(
+        functools.partial(entrypoint, settings),
+        agent_name=settings.agent_name,
+        on_request=functools.partial(on_request, settings),
+    )
+    return server
+
+
+def check_startup(settings: WorkerSettings) -> None:
+    """Fail fast at start on what would fail every job: auth keys, tenants file, espeak-ng."""
+    make_signer(settings)
+    directory = tenant_directory(settings)
+    try:
+        registry = directory._current()
+    except TenantRefused as exc:
+        raise SystemExit(f"agent-worker cannot start: {exc.message}") from None
+    bad = []
+    for tenant_id in registry.ids():
+        try:
+            directory.profile(tenant_id)
+        except TenantRefused as exc:
+            bad.append(exc.message)
+    if bad:
+        # Other tenants still work; these ones will be refused with this reason.
+        logger.error("tenants with an invalid agent config", extra={"errors": bad})
+    logger.info("tenants loaded", extra={"tenants": registry.ids()})

@@ -1,0 +1,87 @@
+"""Offline speech: espeak-ng as a livekit TTS, Whisper tiny.en (wheel-shipped) as a livekit STT."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from livekit import rtc
+from livekit.agents import stt
+from livekit.plugins import silero
+from parley_agent.espeak_tts import EspeakTTS, parse_wav_header
+from parley_agent.local_stt import LocalWhisperSTT, bundled_model_path
+
+pytestmark = pytest.mark.unit
+
+
+async def synth(text: str, **kw: object) -> list[rtc.AudioFrame]:
+    tts = EspeakTTS(**kw)  # type: ignore[arg-type]
+    frames = []
+    async with tts.synthesize(text) as stream:
+        async for ev in stream:
+            frames.append(ev.frame)
+    return frames
+
+
+def words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z]+", text.lower()))
+
+
+async def test_espeak_produces_audio_frames() -> None:
+    frames = await synth("Hello, this is the Parley assistant speaking.")
+    total = sum(f.duration for f in frames)
+    assert 1.5 < total < 6.0
+    assert all(f.sample_rate == 22050 and f.num_channels == 1 for f in frames)
+    # not silence
+    import numpy as np
+
+    pcm = np.concatenate([np.frombuffer(f.data, dtype=np.int16) for f in frames])
+    assert np.abs(pcm).max() > 1000
+
+
+async def test_espeak_text_is_never_an_option() -> None:
+    frames = await synth("--version -v xx")
+    assert sum(f.duration for f in frames) > 0.5
+
+
+def test_wav_header_validation() -> None:
+    with pytest.raises(ValueError):
+        parse_wav_header(b"not a wav header at all, definitely not 44 bytes long....")
+
+
+def test_model_ships_in_a_wheel() -> None:
+    path = bundled_model_path()
+    assert (path / "model.bin").stat().st_size > 30_000_000
+    assert "site-packages" in str(path)
+
+
+async def test_offline_stt_recovers_espeak_words() -> None:
+    frames = await synth(
+        "What does the onboarding checklist say about security training for contractors?",
+        rate_wpm=160,
+    )
+    event = await LocalWhisperSTT().recognize(frames)
+    assert event.type == stt.SpeechEventType.FINAL_TRANSCRIPT
+    heard = words(event.alternatives[0].text)
+    assert {"onboarding", "checklist", "security", "training", "contractors"} <= heard
+
+
+async def test_offline_stt_streams_through_vad_adapter() -> None:
+    """The production wiring: Silero VAD cuts utterances, Whisper transcribes each."""
+    vad = silero.VAD.load()
+    adapter = stt.StreamAdapter(stt=LocalWhisperSTT(), vad=vad)
+    frames = await synth("Please show me the quarterly revenue slide.", rate_wpm=160)
+    silence = rtc.AudioFrame(b"\x00\x00" * 22050, 22050, 1, 22050)
+    stream = adapter.stream()
+    for f in frames:
+        stream.push_frame(f)
+    for _ in range(2):
+        stream.push_frame(silence)
+    stream.end_input()
+    finals = []
+    async for ev in stream:
+        if ev.type == stt.SpeechEventType.FINAL_TRANSCRIPT:
+            finals.append(ev.alternatives[0].text)
+    await stream.aclose()
+    heard = words(" ".join(finals))
+    assert {"quarterly", "revenue"} <= heard

@@ -1,0 +1,162 @@
+"""Video frames to vision-svc and kept frames to user turns."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from livekit import rtc
+from livekit.agents import llm
+from parley.common.v1 import common_pb2
+from parley.vision.v1 import vision_pb2_grpc
+from parley_agent.config import VisionAttachOptions, VisionOverrides
+from parley_agent.testing import FakeBackends, FakeVision
+from parley_agent.vision import FrameStreamer, KeptFrameStore, attach_frames
+from parley_runtime.client import make_channel
+from parley_runtime.testing import signed_as
+
+pytestmark = pytest.mark.unit
+
+OPTS = VisionAttachOptions()
+
+
+def img(ref: str) -> common_pb2.Image:
+    return common_pb2.Image(data=b"\xff\xd8jpeg", mime_type="image/jpeg", width=4, height=4,
+                            source_ref=ref)
+
+
+def test_attach_when_changed_or_referenced() -> None:
+    store = KeptFrameStore()
+    store.update("TR_screen", "screen_share", "alice", img("vision:s/TR_screen/1"), now=100.0)
+
+    # a new kept frame: attached to the next turn whatever is said
+    first = store.select_for_turn("how are sales going", OPTS, now=101.0)
+    assert [(a.frame.track_sid, a.reason) for a in first] == [("TR_screen", "changed")]
+    # unchanged and not referred to: nothing
+    assert store.select_for_turn("and the weather?", OPTS, now=102.0) == []
+    # unchanged but referred to
+    again = store.select_for_turn("what is on this slide?", OPTS, now=103.0)
+    assert [a.reason for a in again] == ["referenced"]
+    # too old: never
+    assert store.select_for_turn("look at the screen", OPTS, now=100.0 + OPTS.max_age_s + 1) == []
+    # screen share before camera, at most max_images
+    store.update("TR_cam", "camera", "alice", img("vision:s/TR_cam/1"), now=104.0)
+    store.update("TR_screen", "screen_share", "alice", img("vision:s/TR_screen/2"), now=104.0)
+    both = store.select_for_turn("see", VisionAttachOptions(max_images=1), now=105.0)
+    assert [a.frame.track_sid for a in both] == ["TR_screen"]
+    assert store.select_for_turn("x", VisionAttachOptions(enabled=False), now=105.0) == []
+
+
+def test_attach_frames_adds_image_content() -> None:
+    store = KeptFrameStore()
+    store.update("TR_screen", "screen_share", "alice", img("vision:s/TR_screen/1"))
+    msg = llm.ChatMessage(role="user", content=["what do you see here?"])
+    added = attach_frames(msg, store, OPTS)
+    assert len(added) == 1
+    image = msg.content[-1]
+    assert isinstance(image, llm.ImageContent) and image.id == "vision:s/TR_screen/1"
+    assert isinstance(image.image, str) and image.image.startswith("data:image/jpeg;base64,")
+
+
+def i420(width: int, height: int, value: int) -> rtc.VideoFrame:
+    y = np.full(width * height, value, dtype=np.uint8)
+    uv = np.full(2 * ((width + 1) // 2) * ((height + 1) // 2), 128, dtype=np.uint8)
+    data = np.concatenate([y, uv]).tobytes()
+    return rtc.VideoFrame(width, height, rtc.VideoBufferType.I420, data)
+
+
+async def frames(items: Iterable[tuple[rtc.VideoFrame, int]]) -> AsyncIterator[rtc.VideoFrameEvent]:
+    for frame, ts in items:
+        yield rtc.VideoFrameEvent(frame, ts, rtc.VideoRotation.VIDEO_ROTATION_0)
+        await asyncio.sleep(0)
+
+
+def streamer(channel: grpc.aio.Channel, source: AsyncIterator[Any], store: KeptFrameStore,
+             speaking: bool = True, max_fps: float = 0) -> FrameStreamer:
+    return FrameStreamer(
+        stub=vision_pb2_grpc.VisionServiceStub(channel), frames=source, tenant_id="acme",
+        session_id="sess-1", participant="alice", track_sid="TR_screen", kind="screen_share",
+        store=store, speaking=lambda: speaking, overrides=VisionOverrides(speaking_fps=10),
+        max_send_fps=max_fps, backoff_max_s=0.2,
+    )
+
+
+async def test_frames_stream_and_garbage_is_rejected_not_fatal(backends: FakeBackends) -> None:
+    channel = make_channel(backends.addr("vision"), signer=signed_as("agent-worker"))
+    store = KeptFrameStore()
+    garbage = rtc.VideoFrame(64, 48, rtc.VideoBufferType.I420, b"\x00" * 10)
+    items = [
+        (i420(64, 48, 20), 1_000_000),
+        (i420(64, 48, 20), 1_033_000),  # duplicate
+        (garbage, 1_066_000),           # rejected by vision-svc, stream goes on
+        (i420(64, 48, 200), 1_100_000),  # a real change
+    ]
+    s = streamer(channel, frames(items), store)
+    try:
+        await asyncio.wait_for(s.run(), 10)
+    finally:
+        await channel.close()
+    vision = backends.vision
+    assert vision.configs[0].session_id == "sess-1"
+    assert vision.configs[0].source == common_pb2.TRACK_SOURCE_SCREEN_SHARE
+    assert vision.configs[0].settings.speaking_fps == 10
+    assert [f.timestamp_us for f in vision.frames] == [t for _, t in items]
+    assert all(f.speaking for f in vision.frames)
+    assert s.stats.decisions == {"keep": 2, "drop_duplicate": 1, "rejected": 1}
+    (kept,) = store.latest()
+    assert kept.version == 2 and kept.image.source_ref.endswith("/4")
+
+
+async def test_send_rate_cap_uses_frame_timestamps(backends: FakeBackends) -> None:
+    channel = make_channel(backends.addr("vision"), signer=signed_as("agent-worker"))
+    items = [(i420(32, 32, i), 1_000_000 + i * 33_333) for i in range(30)]  # 1 s at 30 fps
+    s = streamer(channel, frames(items), KeptFrameStore(), max_fps=5)
+    try:
+        await asyncio.wait_for(s.run(), 10)
+    finally:
+        await channel.close()
+    assert 5 <= len(backends.vision.frames) <= 6
+
+
+class DroppingVision(FakeVision):
+    """Fails the first stream after one frame, like a vision-svc restart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streams = 0
+
+    async def ProcessFrames(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:  # noqa: N802
+        self.streams += 1
+        if self.streams == 1:
+            async for _req in request_iterator:
+                break
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "restarting")
+        async for resp in super().ProcessFrames(request_iterator, context):
+            yield resp
+
+
+async def test_stream_failure_is_retried_with_backoff() -> None:
+    fakes = await FakeBackends(vision=DroppingVision()).start()
+    channel = make_channel(fakes.addr("vision"), signer=signed_as("agent-worker"))
+    store = KeptFrameStore()
+
+    async def slow() -> AsyncIterator[rtc.VideoFrameEvent]:
+        for i in range(6):
+            yield rtc.VideoFrameEvent(i420(32, 32, 40 * i), 1_000_000 + i * 100_000,
+                                      rtc.VideoRotation.VIDEO_ROTATION_0)
+            await asyncio.sleep(0.1)
+
+    s = streamer(channel, slow(), store)
+    try:
+        await asyncio.wait_for(s.run(), 15)
+    finally:
+        await channel.close()
+        await fakes.stop()
+    assert s.stats.errors == 1 and s.stats.reconnects == 1
+    assert isinstance(fakes.vision, DroppingVision) and fakes.vision.streams == 2
+    assert store.latest(), "frames after the reconnect were kept"
+    assert fakes.vision.configs, "the new stream started with its config"

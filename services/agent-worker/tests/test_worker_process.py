@@ -1,0 +1,81 @@
+"""`python -m parley_agent start` as in production: health and Prometheus endpoints, the session
+cap, and a SIGTERM drain that lets the running session finish."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from parley_agent.runner import WorkerProcess
+from parley_agent.sim import SimulatedUser, create_room
+from parley_agent.testing import FakeBackends
+from parley_devstack.procs import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+
+def get(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return resp.status, resp.read().decode()
+
+
+async def test_health_metrics_and_sigterm_drain(
+    livekit_server: Any, backends: FakeBackends, tmp_path: Path
+) -> None:
+    (tmp_path / "tenants.yaml").write_text(
+        "tenants:\n  acme:\n    agent:\n      greeting: Hello.\n"
+    )
+    health, metrics = free_port(), free_port()
+    env = {
+        **backends.env(),
+        "LIVEKIT_URL": livekit_server.url,
+        "LIVEKIT_API_KEY": livekit_server.api_key,
+        "LIVEKIT_API_SECRET": livekit_server.api_secret,
+        "PARLEY_AGENT_NAME": "parley-drain-test",
+        "PARLEY_TENANTS_FILE": str(tmp_path / "tenants.yaml"),
+        "PARLEY_HEALTH_PORT": str(health),
+        "PARLEY_METRICS_PORT": str(metrics),
+        "PARLEY_AGENT_IDLE_PROCESSES": "1",
+        "PARLEY_AGENT_CPU_LOAD": "false",
+        "PARLEY_AGENT_PROMETHEUS_DIR": str(tmp_path / "prom"),
+        "PARLEY_USAGE_SPOOL_DIR": str(tmp_path / "spool"),
+    }
+    worker = WorkerProcess(env, log_path=tmp_path / "worker.log").start()
+    try:
+        await asyncio.to_thread(worker.wait_registered, 90)
+        status, _ = await asyncio.to_thread(get, f"http://127.0.0.1:{health}/")
+        assert status == 200
+        _, info = await asyncio.to_thread(get, f"http://127.0.0.1:{health}/worker")
+        assert "parley-drain-test" in info
+
+        room = f"drain-{uuid.uuid4().hex[:6]}"
+        url, key, secret = livekit_server.url, livekit_server.api_key, livekit_server.api_secret
+        await create_room(url, key, secret, room=room, metadata={"tenant_id": "acme"},
+                          dispatches=[("parley-drain-test", {})])
+        async with SimulatedUser.join(url, key, secret, room=room, identity="bob") as user:
+            await user.wait_for_agent(timeout=60)
+            await user.wait_for_turn(role="assistant", timeout=30)  # greeting
+
+            _, text = await asyncio.to_thread(get, f"http://127.0.0.1:{metrics}/metrics")
+            assert 'parley_agent_active_sessions{role="assistant"} 1.0' in text
+
+            assert worker.proc is not None
+            worker.proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(3)
+            # draining: no new jobs, but the running session goes on
+            assert worker.proc.poll() is None
+            before = len(user.turn_events)
+            await user.type_chat("Are you still there")
+            await user.wait_for_turn(role="assistant", after=before, timeout=30)
+        # the user left: the session ends and the drained worker exits by itself
+        code = await asyncio.to_thread(worker.proc.wait, 60)
+        assert code == 0
+        log = (tmp_path / "worker.log").read_text()
+        assert "draining worker" in log
+    finally:
+        worker.stop(10)
