@@ -1,0 +1,457 @@
+"""Failover across an ordered model chain.
+
+Rules:
+- Models are tried in chain order. A model whose breaker is open, or that is cooling down
+  after a Retry-After, is skipped at once (no call, no delay).
+- A failure before the first token moves to the next model immediately; after a full pass
+  the chain is tried again after a jittered exponential backoff. Retries happen only before
+  anything was sent to the caller: once a token went out, a broken stream is an error to the
+  caller (never a silent truncation, never a duplicated answer).
+- Every wait is bounded by the turn's deadline: the first-token wait, the stall wait between
+  chunks, backoffs and Retry-After waits. When the deadline cannot be met the turn fails with
+  a clear status before the caller's own deadline fires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from parley_runtime.catalog import ModelEntry
+from parley_runtime.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    ParleyError,
+    ResourceExhausted,
+    Unavailable,
+)
+
+from .breaker import BreakerBoard, CircuitBreaker
+from .chat import ChatRequest, TextDelta, ToolCallEvent, TurnFinished, Usage
+from .providers.base import CallContext, ChatProvider, ProviderError, ProviderErrorKind
+
+__all__ = [
+    "Admission",
+    "Answering",
+    "AttemptOutcome",
+    "AttemptReport",
+    "FailoverOptions",
+    "FailoverRunner",
+    "TurnHooks",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverOptions:
+    first_token_timeout_s: float = 10.0
+    # A half-open breaker's probe gets less patience: its turn still has fallbacks to try.
+    probe_first_token_timeout_s: float = 3.0
+    stall_timeout_s: float = 15.0
+    max_attempts: int = 4
+    backoff_base_s: float = 0.1
+    backoff_max_s: float = 2.0
+    # Longest Retry-After honoured as a cool-down (longer ones are capped).
+    max_cooldown_s: float = 300.0
+    # Longest the turn itself waits for a cool-down or an open breaker to pass.
+    max_wait_s: float = 5.0
+    # Finish (with an error) this long before the caller's deadline so the status reaches it.
+    deadline_margin_s: float = 0.05
+    # Cool-down after a 429 that carried no Retry-After.
+    default_rate_limit_cooldown_s: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    allowed: bool
+    retry_after_s: float = 0.0
+    reason: str = ""
+
+
+class AttemptOutcome:
+    OK = "ok"
+    ERROR = "error"
+    BROKEN = "broken"  # failed after output had gone to the caller
+    CANCELLED = "cancelled"
+
+
+@dataclass(slots=True)
+class AttemptReport:
+    model: ModelEntry
+    attempt: int
+    outcome: str
+    usage: Usage | None
+    ttft_s: float | None
+    total_s: float
+    error: ProviderError | None = None
+
+
+class TurnHooks(Protocol):
+    async def admit(self, model: ModelEntry) -> Admission:
+        """Rate-limit admission of one attempt on `model` (reserves request + tokens)."""
+        ...
+
+    def settle(self, report: AttemptReport) -> None:
+        """Called once per attempt that reached a provider (usage, limiter correction)."""
+        ...
+
+
+@dataclass(slots=True)
+class Answering:
+    """The model that answers; sent before its first output."""
+
+    model: ModelEntry
+    attempt: int
+    fallback_used: bool
+    notes: list[str] = field(default_factory=list)
+
+
+RunEvent = Answering | TextDelta | ToolCallEvent | TurnFinished
+
+
+class FailoverRunner:
+    def __init__(
+        self,
+        *,
+        providers: Mapping[str, ChatProvider],
+        breakers: BreakerBoard,
+        options: FailoverOptions | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._providers = providers
+        self.breakers = breakers
+        self.options = options or FailoverOptions()
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng
+        # Retry-After cool-downs, shared by every turn of this replica: key -> monotonic time.
+        self._cooldown: dict[str, float] = {}
+
+    def cooldown_remaining(self, model: ModelEntry) -> float:
+        until = self._cooldown.get(_key(model), 0.0)
+        return max(0.0, until - self._clock())
+
+    async def run(
+        self,
+        *,
+        chain: tuple[ModelEntry, ...],
+        request: ChatRequest,
+        ctx: CallContext,
+        deadline: float,
+        hooks: TurnHooks,
+    ) -> AsyncGenerator[RunEvent, None]:
+        o = self.options
+        notes: list[str] = []
+        attempt = 0
+        passes = 0
+        errors: list[ProviderError] = []
+        hard_deadline = deadline - o.deadline_margin_s
+        while True:
+            tried = False
+            waits: list[float] = []
+            limit_waits: list[float] = []
+            for model in chain:
+                if attempt >= o.max_attempts:
+                    break
+                key = _key(model)
+                now = self._clock()
+                if now >= hard_deadline:
+                    raise self._deadline_error(notes)
+                cool = self._cooldown.get(key, 0.0)
+                if cool > now:
+                    waits.append(cool - now)
+                    _note(notes, f"{model.model_id} skipped: provider asked to retry in "
+                                 f"{cool - now:.1f}s")
+                    continue
+                breaker = self.breakers.get(key)
+                if not breaker.allow():
+                    waits.append(breaker.open_remaining() or o.backoff_base_s)
+                    _note(notes, f"{model.model_id} skipped: circuit open")
+                    continue
+                probing = breaker.is_probing
+                admission = await hooks.admit(model)
+                if not admission.allowed:
+                    breaker.release_probe()
+                    limit_waits.append(admission.retry_after_s)
+                    _note(notes, f"{model.model_id} skipped: {admission.reason or 'rate limited'}")
+                    continue
+                attempt += 1
+                tried = True
+                first_wait = o.probe_first_token_timeout_s if probing else o.first_token_timeout_s
+                result = await self._first(model, request, ctx, attempt, now, first_wait,
+                                           hard_deadline)
+                if isinstance(result, ProviderError):
+                    err = result
+                    errors.append(err)
+                    if err.counts_against_model:
+                        breaker.record_failure()
+                    else:
+                        breaker.release_probe()
+                    self._cool_down(key, err)
+                    _note(notes, f"{model.model_id} failed: {err}")
+                    hooks.settle(AttemptReport(
+                        model, attempt, AttemptOutcome.ERROR,
+                        err.partial_usage, None, self._clock() - now, err))
+                    continue
+                gen, first, ttft = result
+                # aclosing: if our caller stops early, the attempt is settled right away.
+                async with aclosing(self._rest(
+                    gen, first, model, attempt, now, ttft, chain, notes, breaker, hooks,
+                    hard_deadline,
+                )) as rest:
+                    async for event in rest:
+                        yield event
+                return
+            # A full pass failed or skipped everything.
+            now = self._clock()
+            if attempt >= o.max_attempts:
+                raise self._final_error(errors, notes, waits)
+            if tried:
+                delay = min(o.backoff_max_s, o.backoff_base_s * (2 ** passes)) * self._rng()
+                passes += 1
+                if now + delay >= hard_deadline:
+                    raise self._final_error(errors, notes, waits)
+                await self._sleep(delay)
+                continue
+            if limit_waits and not waits:
+                retry = min(limit_waits)
+                raise ResourceExhausted(
+                    f"tenant rate limit reached on every provider of the chain; retry in "
+                    f"{retry:.1f}s", retry_after_s=retry,
+                )
+            soonest = min(waits + limit_waits) if (waits or limit_waits) else o.backoff_base_s
+            if soonest > o.max_wait_s or now + soonest >= hard_deadline:
+                raise self._final_error(errors, notes, waits + limit_waits)
+            # Everything is cooling down briefly: wait for the first to come back (jittered).
+            await self._sleep(soonest + o.backoff_base_s * self._rng())
+
+    async def _first(
+        self,
+        model: ModelEntry,
+        request: ChatRequest,
+        ctx: CallContext,
+        attempt: int,
+        started: float,
+        first_wait: float,
+        hard_deadline: float,
+    ) -> ProviderError | tuple[AsyncIterator[object], object, float]:
+        """Start a call and wait for its first event; errors come back as values."""
+        provider = self._providers.get(model.provider)
+        if provider is None:
+            return ProviderError(ProviderErrorKind.AUTH,
+                                 f"provider {model.provider!r} is not configured")
+        budget = max(0.0, min(first_wait, hard_deadline - started))
+        call_ctx = CallContext(ctx.tenant_id, ctx.session_id, ctx.turn_id, attempt)
+        gen = provider.stream(model, request, call_ctx, timeout_s=max(0.1, hard_deadline - started))
+        try:
+            async with asyncio.timeout(budget):
+                first = await anext(gen)
+        except TimeoutError:
+            await _close(gen)
+            return ProviderError(ProviderErrorKind.TIMEOUT,
+                                 f"no first token within {budget:.2f}s")
+        except ProviderError as err:
+            await _close(gen)
+            return err
+        except StopAsyncIteration:
+            return ProviderError(ProviderErrorKind.STREAM, "the provider sent an empty stream")
+        except asyncio.CancelledError:
+            await _close(gen)
+            raise
+        except Exception as exc:  # an adapter bug must not kill the turn: fail over
+            await _close(gen)
+            return ProviderError(ProviderErrorKind.STREAM, f"{type(exc).__name__}: {exc}")
+        return gen, first, self._clock() - started
+
+    async def _rest(
+        self,
+        gen: AsyncIterator[object],
+        first: object,
+        model: ModelEntry,
+        attempt: int,
+        started: float,
+        ttft: float,
+        chain: tuple[ModelEntry, ...],
+        notes: list[str],
+        breaker: CircuitBreaker,
+        hooks: TurnHooks,
+        hard_deadline: float,
+    ) -> AsyncGenerator[RunEvent, None]:
+        """Forward the rest of an answer that has started; never retried from here on."""
+        o = self.options
+        outcome = AttemptOutcome.CANCELLED
+        usage: Usage | None = None
+        error: ProviderError | None = None
+        pump = _Pump(gen)
+        try:
+            yield Answering(model, attempt, model is not chain[0], list(notes))
+            event = first
+            while True:
+                if isinstance(event, TurnFinished):
+                    usage = event.usage
+                    outcome = AttemptOutcome.OK
+                    breaker.record_success(ttft)
+                    yield event
+                    return
+                if isinstance(event, (TextDelta, ToolCallEvent)):
+                    yield event
+                wait = min(o.stall_timeout_s, hard_deadline - self._clock())
+                try:
+                    event = await pump.next(max(0.0, wait))
+                except TimeoutError:
+                    past_deadline = self._clock() >= hard_deadline - 1e-3
+                    error = ProviderError(
+                        ProviderErrorKind.TIMEOUT,
+                        f"stream stalled for {wait:.1f}s after output began",
+                    )
+                    outcome = AttemptOutcome.BROKEN
+                    breaker.record_failure()
+                    if past_deadline:
+                        raise DeadlineExceeded(
+                            f"deadline reached while {model.model_id} was still answering; "
+                            "the answer is incomplete"
+                        ) from None
+                    raise Unavailable(
+                        f"{model.model_id} stalled after the answer had started; the answer "
+                        "is incomplete: retry the turn"
+                    ) from None
+                except StopAsyncIteration:
+                    error = ProviderError(ProviderErrorKind.STREAM, "stream ended early")
+                    outcome = AttemptOutcome.BROKEN
+                    breaker.record_failure()
+                    raise Unavailable(
+                        f"{model.model_id} ended the stream without finishing; the answer is "
+                        "incomplete: retry the turn"
+                    ) from None
+                except ProviderError as err:
+                    error = err
+                    usage = err.partial_usage
+                    outcome = AttemptOutcome.BROKEN
+                    breaker.record_failure()
+                    raise Unavailable(
+                        f"{model.model_id} broke the stream after the answer had started "
+                        f"({err}); the answer is incomplete: retry the turn"
+                    ) from None
+        finally:
+            if outcome == AttemptOutcome.CANCELLED:
+                # The caller went away: not the model's fault; free a half-open probe slot.
+                breaker.release_probe()
+            await pump.aclose()
+            hooks.settle(AttemptReport(
+                model, attempt, outcome, usage, ttft,
+                self._clock() - started, error,
+            ))
+
+    def _cool_down(self, key: str, err: ProviderError) -> None:
+        o = self.options
+        wait = err.retry_after_s
+        if wait is None and err.kind is ProviderErrorKind.RATE_LIMITED:
+            wait = o.default_rate_limit_cooldown_s
+        if wait:
+            self._cooldown[key] = self._clock() + min(wait, o.max_cooldown_s)
+
+    def _deadline_error(self, notes: list[str]) -> ParleyError:
+        detail = "; ".join(notes[-4:]) or "no model answered"
+        return DeadlineExceeded(f"deadline reached before any model answered ({detail})")
+
+    def _final_error(
+        self, errors: list[ProviderError], notes: list[str], waits: list[float]
+    ) -> ParleyError:
+        detail = "; ".join(notes[-6:]) or "no model could be tried"
+        if errors and all(e.kind is ProviderErrorKind.INVALID_REQUEST for e in errors):
+            return InvalidArgument(f"the providers rejected the request: {errors[-1].message}")
+        if errors and errors[-1].kind is ProviderErrorKind.TIMEOUT and not waits:
+            return Unavailable(f"no model answered in time ({detail})")
+        retry = [e.retry_after_s for e in errors if e.retry_after_s] + waits
+        return Unavailable(
+            f"every model of the chain failed or is unavailable ({detail})",
+            retry_after_s=min(retry) if retry else None,
+        )
+
+
+def _key(model: ModelEntry) -> str:
+    return f"{model.provider}/{model.model_id}"
+
+
+def _note(notes: list[str], text: str) -> None:
+    if len(notes) < 16:
+        notes.append(text)
+
+
+class _Pump:
+    """Reads a provider stream in its own task so the consumer can see what is already there.
+
+    Text deltas that arrived while the previous one was being sent are merged into one
+    message: nothing waits for them (a delta is never held back), the caller just gets fewer,
+    larger messages when the provider bursts.
+    """
+
+    _END = object()
+
+    def __init__(self, gen: AsyncIterator[object]) -> None:
+        self._gen = gen
+        self._items: deque[object] = deque()
+        self._ready = asyncio.Event()
+        # Started on the first next(), i.e. once the first output has been handed on: started
+        # earlier, it would parse the rest of a buffered burst before the first token is sent.
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        try:
+            async for item in self._gen:
+                self._items.append(item)
+                self._ready.set()
+            self._items.append(self._END)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # delivered to the consumer in order
+            self._items.append(exc)
+        finally:
+            self._ready.set()
+            await _close(self._gen)
+
+    async def next(self, timeout: float) -> object:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+        if not self._items:
+            self._ready.clear()
+            async with asyncio.timeout(timeout):
+                await self._ready.wait()
+        item = self._items.popleft()
+        if item is self._END:
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            raise item
+        if isinstance(item, TextDelta) and self._items and isinstance(self._items[0], TextDelta):
+            parts = [item.text]
+            while self._items and isinstance(self._items[0], TextDelta):
+                parts.append(self._items.popleft().text)  # type: ignore[attr-defined]
+            item = TextDelta("".join(parts))
+        return item
+
+    async def aclose(self) -> None:
+        if self._task is None:
+            await _close(self._gen)
+            return
+        if not self._task.done():
+            self._task.cancel()
+        try:
+            await self._task
+        except BaseException:  # the outcome was already handled (or it was cancelled)
+            pass
+
+
+async def _close(gen: AsyncIterator[object]) -> None:
+    aclose = getattr(gen, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:  # closing a broken stream must not mask the real outcome
+            pass

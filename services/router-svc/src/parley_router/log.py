@@ -1,0 +1,4 @@
+"""Logger of router-svc."""
+import logging
+
+logger = logging.getLogger("parley_router")

@@ -1,0 +1,94 @@
+"""What every provider adapter implements, and the errors they raise."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from parley_runtime.catalog import ModelEntry
+
+from ..chat import ChatRequest, ProviderEvent, Usage
+
+__all__ = ["CallContext", "ChatProvider", "ProviderError", "ProviderErrorKind"]
+
+
+class ProviderErrorKind(Enum):
+    RATE_LIMITED = "rate_limited"  # 429
+    OVERLOADED = "overloaded"  # 529 / 503
+    SERVER = "server"  # other 5xx
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    INVALID_REQUEST = "invalid_request"  # 400/413/422: this request, on this provider
+    AUTH = "auth"  # 401/403: configuration
+    NOT_FOUND = "not_found"  # 404: unknown or retired model id
+    STREAM = "stream"  # the stream broke (cut, malformed, in-stream error)
+
+
+RETRYABLE = frozenset(
+    {
+        ProviderErrorKind.RATE_LIMITED,
+        ProviderErrorKind.OVERLOADED,
+        ProviderErrorKind.SERVER,
+        ProviderErrorKind.TIMEOUT,
+        ProviderErrorKind.CONNECTION,
+        ProviderErrorKind.STREAM,
+    }
+)
+
+
+class ProviderError(Exception):
+    """A provider call failed; `kind` says whether another attempt can help."""
+
+    def __init__(
+        self,
+        kind: ProviderErrorKind,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.retry_after_s = retry_after_s
+        # What the provider had reported when the stream broke (billed even though it failed).
+        self.partial_usage: Usage | None = None
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in RETRYABLE
+
+    @property
+    def counts_against_model(self) -> bool:
+        """Does this failure say something about the model's health (for the breaker)?"""
+        return self.kind is not ProviderErrorKind.INVALID_REQUEST
+
+    def __str__(self) -> str:
+        code = f" {self.status}" if self.status else ""
+        return f"{self.kind.value}{code}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    tenant_id: str
+    session_id: str
+    turn_id: str
+    attempt: int
+
+
+class ChatProvider(Protocol):
+    name: str
+
+    def stream(
+        self, model: ModelEntry, request: ChatRequest, ctx: CallContext, *, timeout_s: float
+    ) -> AsyncIterator[ProviderEvent]:
+        """Stream one call: TextDelta/ToolCallEvent..., then exactly one TurnFinished.
+
+        Raises ProviderError for every failure, before or during the stream.
+        """
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,54 @@
+"""One 'replica' hammering the shared rate limiter (run as a separate process by the tests).
+
+Usage: hammer_worker.py REDIS_URL TENANT REQUESTS CONCURRENCY RPM TPM TOKENS
+Prints "ready" once connected, waits for a line on stdin (the start signal), then prints one
+JSON line: {"admitted": n, "denied": n, "first": t, "last": t}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+from parley_router.policy import PlanLimits
+from parley_router.ratelimit import RedisTokenBuckets, make_redis
+
+
+async def main() -> None:
+    url, tenant = sys.argv[1], sys.argv[2]
+    total, concurrency = int(sys.argv[3]), int(sys.argv[4])
+    limits = PlanLimits(requests_per_minute=float(sys.argv[5]),
+                        tokens_per_minute=float(sys.argv[6]))
+    tokens = int(sys.argv[7])
+    client = make_redis(url, timeout_s=2.0)
+    buckets = RedisTokenBuckets(client, op_timeout_s=2.0)
+    await client.ping()
+    remaining = total
+    admitted = denied = 0
+    stamps: list[float] = []
+
+    async def worker() -> None:
+        nonlocal remaining, admitted, denied
+        while remaining > 0:
+            remaining -= 1
+            a = await buckets.acquire(tenant, "anthropic", limits, tokens)
+            stamps.append(time.time())
+            if a.allowed:
+                admitted += 1
+            else:
+                denied += 1
+
+    # Warm the pool so the race starts on open connections.
+    await asyncio.gather(*(client.ping() for _ in range(concurrency)))
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await client.aclose()
+    print(json.dumps({"admitted": admitted, "denied": denied,
+                      "first": min(stamps), "last": max(stamps)}))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
