@@ -9,6 +9,7 @@ Used by `make demo` (prints it) and by tests/e2e (asserts it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -228,11 +229,12 @@ async def run_session(
     session_id = f"sess-{room}"
     meta = {"tenant_id": script.tenant_id, "user_id": script.user_id, "session_id": session_id}
     await create_room(platform.livekit_url, DEV_KEY, DEV_SECRET, room=room, metadata=meta,
-                      dispatches=[(agent_name, meta)])
+                      dispatches=[(agent_name, meta),
+                                  (agent_name, {**meta, "role": "notetaker"})])
     report = SessionReport(script.tenant_id, session_id, room)
     async with SimulatedUser.join(platform.livekit_url, DEV_KEY, DEV_SECRET, room=room,
                                   identity=script.user_id) as user:
-        await user.wait_for_agent(timeout=90)
+        await user.wait_for_agent(timeout=90, role="assistant")
         log(f"  [{script.tenant_id}] agent joined room {room}")
         await user.start_screen_share(list(script.slides), fps=15)
         await user.publish_microphone()
@@ -253,8 +255,18 @@ async def run_session(
             else:
                 await user.type_chat(turn.text)
             ev = await user.wait_for_turn(role="assistant", after=before, timeout=90)
-            # A turn may hold several agent messages (a preamble before a tool call, then the
-            # answer): wait until the agent has been quiet for a moment and take them all.
+            # A turn may hold several agent messages (a preamble spoken before a tool call, then
+            # the answer, each reported once played out): when the answer must hold known
+            # words, wait for them; otherwise until the agent has been quiet for a while.
+            if turn.expect:
+                words = [w.lower() for w in turn.expect]
+                with contextlib.suppress(TimeoutError):
+                    await user.wait_for_turn(
+                        role="assistant", after=before, timeout=60,
+                        predicate=lambda e, ws=words: all(  # type: ignore[misc]
+                            w in str(e.get("text", "")).lower() for w in ws
+                        ),
+                    )
             ev = await _settled_reply(user, before, ev)
             result = TurnResult(
                 question=turn.text, spoken=turn.spoken, answer=str(ev.get("text", "")),
@@ -276,6 +288,8 @@ async def run_session(
             await user.wait_for_agent_audio(timeout=30)
         except TimeoutError:
             pass
+        with contextlib.suppress(TimeoutError):
+            await user.wait_for_note(timeout=20)
         report.agent_audio_tracks = len(user.agent_audio_tracks)
         report.agent_voiced_s = user.agent_voiced_s
         report.transcript = list(user.turn_events)
@@ -286,7 +300,7 @@ async def run_session(
 
 
 async def _settled_reply(
-    user: Any, before: int, first: dict[str, Any], quiet_s: float = 2.5, max_s: float = 30
+    user: Any, before: int, first: dict[str, Any], quiet_s: float = 6.0, max_s: float = 45
 ) -> dict[str, Any]:
     deadline = time.monotonic() + max_s
     seen = len(user.turn_events)

@@ -215,6 +215,20 @@ def _http_ok(port: int, timeout: float, path: str = "/") -> bool:
     return False
 
 
+def _wait_log(path: Path, offset: int, needle: bytes, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                if needle in fh.read():
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
 def _spawn(stack: Stack, name: str, cmd: list[str], env: dict[str, str]) -> int:
     logs = stack.dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -289,6 +303,10 @@ def up(stack: Stack, only: list[str] | None = None) -> None:
                 cwd=ROOT,
             )
         step(f"{name} starting")
+        log_path = stack.dir / "logs" / f"{name}.log"
+        state.setdefault("log_offsets", {})[name] = (
+            log_path.stat().st_size if log_path.exists() else 0
+        )
         pids[name] = _spawn(stack, name, stack.command(name), env)
         stack.save_state(state)
     for name in SERVICES:
@@ -301,6 +319,15 @@ def up(stack: Stack, only: list[str] | None = None) -> None:
                 f"{name} did not become healthy on 127.0.0.1:{port}; "
                 f"see {stack.dir / 'logs' / (name + '.log')}"
             )
+        if name == "agent-worker":
+            # Healthy is not enough: rooms dispatched before the worker registered with the
+            # LiveKit server get no agent.
+            offset = state.get("log_offsets", {}).get(name, 0)
+            if not _wait_log(stack.dir / "logs" / f"{name}.log", offset, b"registered worker", 90):
+                raise SystemExit(
+                    "agent-worker did not register with the LiveKit server; see "
+                    f"{stack.dir / 'logs' / (name + '.log')}"
+                )
         step(f"{name} healthy on 127.0.0.1:{port}")
     state["ports"] = p.__dict__
     stack.save_state(state)
