@@ -1,0 +1,259 @@
+"""Command line: `python -m parley_kb [serve|migrate|ingest|search]` (serve is the default)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import glob
+import json
+import logging
+import os
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from parley_runtime.errors import ParleyError
+from parley_runtime.usage import UsageRecorder, make_usage_recorder
+
+from .config import KbTenants, Settings
+from .models import ContentType, DocumentInput, SearchMode, SearchQuery
+
+logger = logging.getLogger(__name__)
+
+SUFFIX_TYPES = {
+    ".txt": ContentType.TEXT,
+    ".text": ContentType.TEXT,
+    ".md": ContentType.MARKDOWN,
+    ".markdown": ContentType.MARKDOWN,
+    ".html": ContentType.HTML,
+    ".htm": ContentType.HTML,
+    ".pdf": ContentType.PDF,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m parley_kb",
+        description="Parley kb-svc: per-tenant knowledge bases on PostgreSQL + pgvector.",
+    )
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("serve", help="run the gRPC service and the admin REST API (default)")
+
+    mig = sub.add_parser("migrate", help="apply schema migrations (MIGRATE_DATABASE_URL)")
+    mig.add_argument("--dsn", help="owner/superuser DSN (default: MIGRATE_DATABASE_URL)")
+
+    ing = sub.add_parser("ingest", help="ingest files into a tenant's knowledge base")
+    ing.add_argument("paths", nargs="+", help="files, directories or globs (** allowed)")
+    ing.add_argument("--tenant", required=True)
+    ing.add_argument(
+        "--content-type", choices=["auto", *[c.value for c in ContentType]], default="auto",
+        help="default: from the file suffix",
+    )
+    ing.add_argument("--base", help="document ids are paths relative to this folder "
+                     "(default: the current folder)")
+    ing.add_argument("--id-prefix", default="", help="prepended to every document id")
+    ing.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE",
+                     help="metadata for every document (repeatable)")
+    ing.add_argument("--concurrency", type=int, default=4)
+    ing.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    srch = sub.add_parser("search", help="search a tenant's knowledge base")
+    srch.add_argument("query")
+    srch.add_argument("--tenant", required=True)
+    srch.add_argument("--mode", choices=[m.value for m in SearchMode], default="hybrid")
+    srch.add_argument("--top-k", type=int, default=5)
+    srch.add_argument("--min-score", type=float, default=0.0)
+    srch.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                      help="metadata filter (repeatable)")
+    srch.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = args.command or "serve"
+    if command == "serve":
+        from .service import serve
+
+        asyncio.run(serve(Settings()))
+        return 0
+    logging.basicConfig(level=os.environ.get("PARLEY_LOG_LEVEL", "WARNING").upper(),
+                        format="%(levelname)s %(name)s %(message)s")
+    try:
+        if command == "migrate":
+            return asyncio.run(_migrate(Settings(), args.dsn))
+        if command == "ingest":
+            return asyncio.run(_ingest(Settings(), args))
+        if command == "search":
+            return asyncio.run(_search(Settings(), args))
+    except ParleyError as exc:
+        print(f"error: {exc.code.name}: {exc.message}", file=sys.stderr)
+        return 2
+    raise AssertionError(command)
+
+
+async def _migrate(settings: Settings, dsn: str | None) -> int:
+    from .app import build_embedder, run_migrations
+
+    tenants = KbTenants.from_settings(settings) if settings.tenants_file else None
+    embedder = build_embedder(settings)
+    report = await run_migrations(settings, tenants, embedder, dsn)
+    print(
+        f"migrations applied: {report.applied or 'none'}; already applied: "
+        f"{report.already_applied or 'none'}; app role: {report.app_role}; "
+        f"embedding table for {embedder.model_id}: kb.{report.embedding_table}; "
+        f"tenants prepared: {report.tenants}"
+    )
+    return 0
+
+
+def _recorder(settings: Settings) -> UsageRecorder:
+    from parley_runtime.server import make_signer
+
+    signer = None
+    if not settings.auth_disabled and settings.auth_keys.get(settings.signing_kid):
+        signer = make_signer(settings)
+    return make_usage_recorder(settings.service_name, signer)
+
+
+def _pairs(items: Sequence[str], what: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"{what} must be KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def expand_paths(patterns: Sequence[str]) -> list[Path]:
+    """Files named by paths, directories (walked) and globs, deduplicated, sorted."""
+    found: set[Path] = set()
+    for pattern in patterns:
+        matches = glob.glob(pattern, recursive=True) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise SystemExit(f"no files match {pattern!r}")
+        for match in matches:
+            path = Path(match)
+            if path.is_dir():
+                found.update(p for p in path.rglob("*")
+                             if p.is_file() and p.suffix.lower() in SUFFIX_TYPES)
+            elif path.is_file():
+                found.add(path)
+            else:
+                raise SystemExit(f"{match!r} is not a file or folder")
+    return sorted(found)
+
+
+def document_id_for(path: Path, base: Path, prefix: str) -> str:
+    resolved = path.resolve()
+    try:
+        rel = resolved.relative_to(base.resolve()).as_posix()
+    except ValueError:
+        rel = resolved.as_posix()
+    return f"{prefix}{rel}"
+
+
+async def _ingest(settings: Settings, args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .app import build_runtime
+
+    tenants = KbTenants.from_settings(settings)
+    tenants.limits(args.tenant)  # unknown tenant: NOT_FOUND before any work
+    files = expand_paths(args.paths)
+    metadata = _pairs(args.metadata, "--metadata")
+    base = Path(args.base) if args.base else Path.cwd()
+    recorder = _recorder(settings)
+    runtime = await build_runtime(settings, tenants=tenants, recorder=recorder,
+                                  prepare_tenants=False)
+    counts: Counter[str] = Counter()
+    chunks = embedded = 0
+    bar = tqdm(total=len(files), unit="doc", disable=args.no_progress, file=sys.stderr,
+               desc=f"ingest {args.tenant}")
+    semaphore = asyncio.Semaphore(max(1, args.concurrency))
+
+    async def one(path: Path) -> None:
+        nonlocal chunks, embedded
+        async with semaphore:
+            if args.content_type == "auto":
+                ctype = SUFFIX_TYPES.get(path.suffix.lower())
+                if ctype is None:
+                    counts["skipped"] += 1
+                    bar.write(f"skipped {path}: unknown suffix (use --content-type)",
+                              file=sys.stderr)
+                    bar.update()
+                    return
+            else:
+                ctype = ContentType(args.content_type)
+            doc_id = document_id_for(path, base, args.id_prefix)
+            try:
+                result = await runtime.kb.ingest(
+                    args.tenant,
+                    DocumentInput(
+                        document_id=doc_id, content=path.read_bytes(), content_type=ctype,
+                        title=path.stem, metadata=metadata, source_uri=path.resolve().as_uri(),
+                    ),
+                )
+            except ParleyError as exc:
+                counts["failed"] += 1
+                bar.write(f"failed {path}: {exc.code.name}: {exc.message}", file=sys.stderr)
+            else:
+                counts[result.outcome.value] += 1
+                chunks += result.chunks
+                embedded += result.chunks_embedded
+            bar.set_postfix(dict(counts), refresh=False)
+            bar.update()
+
+    try:
+        await asyncio.gather(*(one(p) for p in files))
+    finally:
+        bar.close()
+        with contextlib.suppress(Exception):
+            await recorder.flush(5.0)
+            await recorder.close()
+        await runtime.aclose()
+    summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    print(f"{len(files)} files: {summary}; {chunks} chunks, {embedded} embedded now")
+    return 1 if counts.get("failed") else 0
+
+
+async def _search(settings: Settings, args: argparse.Namespace) -> int:
+    from .app import build_runtime
+
+    tenants = KbTenants.from_settings(settings)
+    tenants.limits(args.tenant)
+    recorder = _recorder(settings)
+    runtime = await build_runtime(settings, tenants=tenants, recorder=recorder,
+                                  prepare_tenants=False)
+    try:
+        result = await runtime.kb.search(
+            args.tenant,
+            SearchQuery(
+                text=args.query, top_k=args.top_k, mode=SearchMode(args.mode),
+                min_score=args.min_score, metadata_filter=_pairs(args.filter, "--filter"),
+            ),
+        )
+    finally:
+        with contextlib.suppress(Exception):
+            await recorder.flush(5.0)
+            await recorder.close()
+        await runtime.aclose()
+    if args.json:
+        print(json.dumps(
+            {"embedding_model": result.embedding_model,
+             "hits": [{"chunk_id": h.chunk_id, "document_id": h.document_id,
+                       "title": h.document_title, "score": h.score, "text": h.text,
+                       "metadata": h.metadata} for h in result.hits]},
+            ensure_ascii=False, indent=2,
+        ))
+        return 0
+    if not result.hits:
+        print("no results")
+    for rank, hit in enumerate(result.hits, start=1):
+        snippet = " ".join(hit.text.split())[:200]
+        print(f"{rank:2d}. {hit.score:.4f}  {hit.chunk_id}  {hit.document_title}\n    {snippet}")
+    return 0
