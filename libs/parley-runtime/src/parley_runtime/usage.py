@@ -105,12 +105,17 @@ class UsageRecorder(Protocol):
 
 
 class NullUsageRecorder:
-    """Drops events (tests of code that does not care about usage)."""
+    """Bills nothing. Keeps the most recent events in memory (bounded) for tests to inspect."""
+
+    max_events = 10_000
 
     def __init__(self) -> None:
         self.events: list[tuple[str, billing_pb2.UsageEvent]] = []
 
     def record(self, tenant_id: str, event: billing_pb2.UsageEvent) -> None:
+        if len(self.events) >= self.max_events:
+            # A long-running service without BILLING_ADDR must not grow without bound.
+            del self.events[: self.max_events // 2]
         self.events.append((tenant_id, event))
 
     async def flush(self, timeout: float | None = None) -> bool:
