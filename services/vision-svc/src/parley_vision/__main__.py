@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from parley.vision.v1 import vision_pb2_grpc
@@ -10,8 +11,10 @@ from parley_runtime.server import GrpcServiceHost, bootstrap, make_signer
 from parley_runtime.tenants import TenantRegistry
 from parley_runtime.usage import make_usage_recorder
 
+from . import kernels
 from .config import Settings
 from .cpu import limit_blas_threads
+from .log import logger
 from .server import VisionServicer
 from .tenant_config import load_vision_configs
 
@@ -20,6 +23,11 @@ async def main() -> None:
     settings = Settings()
     bootstrap(settings)
     limit_blas_threads()
+    # Compile (first start on a machine) or load the per-frame kernels before serving, so that
+    # no frame waits for the compiler.
+    started = time.perf_counter()
+    kernels.warm_up()
+    logger.info("kernels ready", extra={"seconds": round(time.perf_counter() - started, 2)})
     if not settings.tenants_file:
         raise SystemExit("PARLEY_TENANTS_FILE is not set: vision-svc needs the tenant configs")
     try:

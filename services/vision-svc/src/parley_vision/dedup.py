@@ -42,8 +42,9 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 
+from . import kernels
 from .frames import FloatArray
-from .phash import GRID, Bands, FrameSignature, compute_signature, geometry, hamming
+from .phash import GRID, FrameSignature, IntArray, compute_signature, geometry, hamming
 
 CELL_DELTA = 6.0
 WINDOW_DELTA = 8.0
@@ -147,7 +148,7 @@ class FrameDeduplicator:
         """
         ref = self._ref
         if ref is not None and (ref.sig.width, ref.sig.height) == (width, height):
-            delta = _max_abs_diff(cells, ref.sig.cells)
+            delta = kernels.max_abs_diff(cells, ref.sig.cells)
             if delta <= NEAR_EXACT:
                 ref.last_seen_us = t_us
                 reason = f"duplicate (near-exact, max cell delta {delta:.1f})"
@@ -186,13 +187,7 @@ class FrameDeduplicator:
         global_dist = int(dist[0])
         hash_hits = (dist[1:] > self.tile_hamming_threshold) & textured[1:]
 
-        cell_mask, labels = self._changed_cells(ref, sig)
-        changed_cells = int(np.count_nonzero(cell_mask)) if cell_mask is not None else 0
-        per_tile = (
-            np.bincount(labels[cell_mask], minlength=GRID * GRID)
-            if cell_mask is not None and changed_cells
-            else np.zeros(GRID * GRID, dtype=np.int64)
-        )
+        changed_cells, per_tile = self._changed_cells(ref, sig)
         if self.kind is ContentKind.SCREEN:
             tile_hits = hash_hits
             cells_hit = changed_cells > 0
@@ -227,37 +222,39 @@ class FrameDeduplicator:
 
     def _changed_cells(
         self, ref: FrameSignature, sig: FrameSignature
-    ) -> tuple[BoolArray | None, npt.NDArray[np.intp]]:
-        """Cells that changed beyond noise and flicker (on cameras: and beyond pans and small
-        motion), with the tile label of each cell of the returned mask; None: none changed.
+    ) -> tuple[int, npt.NDArray[np.int64]]:
+        """How many cells changed beyond noise and flicker (on cameras: and beyond pans and
+        small motion), and how many in each tile.
 
         Alignment and neighbourhoods only ever shrink a residual, so when the raw difference
         is below every threshold nothing changed and they are skipped.
         """
         geo = geometry(sig.height, sig.width)
-        labels, edges = geo.labels, geo.bands
-        raw_delta = _max_abs_diff(sig.cells, ref.cells)
+        per_tile = np.zeros(GRID * GRID, dtype=np.int64)
+        raw_delta = kernels.max_abs_diff(sig.cells, ref.cells)
         if self.kind is ContentKind.SCREEN:
             if raw_delta <= CELL_DELTA and 4 * raw_delta <= WINDOW_DELTA:
-                return None, labels
-            r = _align(ref.cells, sig.cells, labels, edges) - ref.cells
-            mask = np.abs(r) > CELL_DELTA
-            if r.shape[0] > 1 and r.shape[1] > 1:
-                window = r[:-1, :-1] + r[1:, :-1] + r[:-1, 1:] + r[1:, 1:]
-                # Mark the top-left cell of each 2x2 window that fired.
-                mask[:-1, :-1] |= np.abs(window) > WINDOW_DELTA
-            return mask, labels
+                return 0, per_tile
+            gain, offset = _gains(ref.cells, sig.cells, geo.row_edges, geo.col_edges)
+            mask = np.empty(sig.cells.shape, dtype=np.bool_)
+            n = kernels.screen_changes(
+                ref.cells, sig.cells, geo.row_edges, geo.col_edges, gain, offset,
+                CELL_DELTA, WINDOW_DELTA, mask, per_tile,
+            )
+            return int(n), per_tile
         if raw_delta <= CAMERA_DELTA:
-            return None, labels
+            return 0, per_tile
         kept = self._ref
         assert kept is not None
         if kept.envelope is None:
-            kept.envelope = _envelope(ref.cells)
-        mask = self._unexplained(ref.cells, sig.cells, labels, kept.envelope, edges)
+            kept.envelope = kernels.envelope(ref.cells)
+        n = _unexplained(
+            ref.cells, sig.cells, geo.row_edges, geo.col_edges, kept.envelope, per_tile
+        )
         # Fewer unexplained cells than any camera rule needs (a blink, a mouth): no pan to find.
         least = max(CAMERA_MIN_CELLS, CAMERA_MIN_TILE_AREA * sig.cells.size / (GRID * GRID))
-        if np.count_nonzero(mask) < least:
-            return mask, labels
+        if n < least:
+            return n, per_tile
         # Maybe the camera panned. Phase correlation ignores brightness: find the pan, then
         # align the light on what both frames show. Content a pan reveals at an edge is not
         # counted (a pan big enough to matter moves the global hash).
@@ -265,83 +262,52 @@ class FrameDeduplicator:
             kept.spectrum = _spectrum(ref.cells)
         dy, dx = _global_shift(kept.spectrum, sig.cells)
         if dy == 0 and dx == 0:
-            return mask, labels
+            return n, per_tile
         hc, wc = sig.cells.shape
-        rows, cols = slice(max(dy, 0), hc + min(dy, 0)), slice(max(dx, 0), wc + min(dx, 0))
+        r0, c0 = max(dy, 0), max(dx, 0)
+        r1, c1 = hc + min(dy, 0), wc + min(dx, 0)
         old = ref.cells[max(-dy, 0) : hc + min(-dy, 0), max(-dx, 0) : wc + min(-dx, 0)]
-        labels = labels[rows, cols]
-        return self._unexplained(old, sig.cells[rows, cols], labels, _envelope(old)), labels
-
-    @staticmethod
-    def _unexplained(
-        old: FloatArray,
-        cur: FloatArray,
-        labels: npt.NDArray[np.intp],
-        old_envelope: tuple[FloatArray, FloatArray],
-        edges: Bands | None = None,
-    ) -> BoolArray:
-        """Cells of `cur` (light-aligned) outside `old`'s 3x3 range by CAMERA_DELTA, or
-        vice versa: what no shift of up to one cell explains."""
-        aligned = _align(old, cur, labels, edges)
-        lo, hi = old_envelope
-        excess = np.maximum(aligned - hi, lo - aligned)
-        lo2, hi2 = _envelope(aligned)
-        np.maximum(excess, np.maximum(old - hi2, lo2 - old), out=excess)
-        mask: BoolArray = excess > CAMERA_DELTA
-        return mask
+        cur = sig.cells[r0:r1, c0:c1]
+        # The tiles keep their identity: their cell ranges, clipped to the overlap.
+        rows = np.clip(geo.row_edges - r0, 0, r1 - r0)
+        cols = np.clip(geo.col_edges - c0, 0, c1 - c0)
+        n = _unexplained(old, cur, rows, cols, kernels.envelope(old), per_tile)
+        return n, per_tile
 
 
-def _max_abs_diff(a: FloatArray, b: FloatArray) -> float:
-    d = a - b
-    return float(max(d.max(), -d.min()))
+def _gains(
+    old: FloatArray, cur: FloatArray, rows: IntArray, cols: IntArray
+) -> tuple[FloatArray, FloatArray]:
+    """Per-tile light alignment of `cur` onto `old` (see kernels.tile_gains)."""
+    gain: FloatArray
+    offset: FloatArray
+    gain, offset = kernels.tile_gains(
+        old, cur, rows, cols, MIN_MEAN_FOR_GAIN, GAIN_BOUNDS[0], GAIN_BOUNDS[1], OFFSET_BOUND
+    )
+    return gain, offset
+
+
+def _unexplained(
+    old: FloatArray,
+    cur: FloatArray,
+    rows: IntArray,
+    cols: IntArray,
+    old_envelope: tuple[FloatArray, FloatArray],
+    per_tile: npt.NDArray[np.int64],
+) -> int:
+    """Cells of `cur` (light-aligned) outside `old`'s 3x3 range by CAMERA_DELTA, or vice
+    versa: what no shift of up to one cell explains. Fills `per_tile`; returns the count."""
+    gain, offset = _gains(old, cur, rows, cols)
+    mask = np.empty(cur.shape, dtype=np.bool_)
+    n = kernels.unexplained(
+        old, cur, rows, cols, old_envelope[0], old_envelope[1], gain, offset,
+        CAMERA_DELTA, mask, per_tile,
+    )
+    return int(n)
 
 
 def _near_exact(a: FrameSignature, b: FrameSignature) -> bool:
-    return a.cells.shape == b.cells.shape and _max_abs_diff(a.cells, b.cells) <= NEAR_EXACT
-
-
-def _align(
-    old: FloatArray,
-    cur: FloatArray,
-    labels: npt.NDArray[np.intp],
-    bands: Bands | None = None,
-) -> FloatArray:
-    """`cur` mapped onto `old`'s photometry, tile by tile, within flicker bounds.
-
-    Light changes multiply luma, so each tile is scaled by the ratio of its mean luma to the
-    kept frame's (the mean, unlike the contrast, hardly moves when content shifts a little).
-    Very dark tiles, where a ratio means nothing, are shifted instead. With `bands` (where a
-    whole frame's tile bands of cell rows and columns start) tile sums are band reductions and
-    gains are broadcast band by band: several times cheaper than indexing cells by `labels`.
-    """
-    if bands is not None:
-        rs, cs = bands[0], bands[1]
-        s_old = np.add.reduceat(np.add.reduceat(old, rs, axis=0), cs, axis=1).ravel()
-        s_cur = np.add.reduceat(np.add.reduceat(cur, rs, axis=0), cs, axis=1).ravel()
-    else:
-        flat = labels.ravel()
-        s_old = np.bincount(flat, old.ravel(), minlength=GRID * GRID)
-        s_cur = np.bincount(flat, cur.ravel(), minlength=GRID * GRID)
-    # Both sums cover the same cells, so their ratio is the ratio of the means.
-    n = np.maximum(np.bincount(labels.ravel(), minlength=GRID * GRID), 1) if bands is None else 1
-    m_old, m_cur = s_old / n, s_cur / n
-    lit = (m_old >= MIN_MEAN_FOR_GAIN) & (m_cur >= MIN_MEAN_FOR_GAIN)
-    ratio = m_old / np.maximum(m_cur, 1.0)
-    gain = np.where(lit, np.minimum(np.maximum(ratio, GAIN_BOUNDS[0]), GAIN_BOUNDS[1]), 1.0)
-    shift = np.minimum(np.maximum(m_old - m_cur, -OFFSET_BOUND), OFFSET_BOUND)
-    offset = np.where(lit, 0.0, shift)
-    gain, offset = gain.astype(np.float32), offset.astype(np.float32)
-    if bands is not None:
-        rows, cols = bands[2], bands[3]
-        g = np.repeat(np.repeat(gain.reshape(GRID, GRID), rows, 0), cols, 1)
-        if not offset.any():
-            scaled: FloatArray = cur * g
-            return scaled
-        o = np.repeat(np.repeat(offset.reshape(GRID, GRID), rows, 0), cols, 1)
-        shifted: FloatArray = cur * g + o
-        return shifted
-    out = cur * gain[labels] + offset[labels]
-    return out
+    return a.cells.shape == b.cells.shape and kernels.max_abs_diff(a.cells, b.cells) <= NEAR_EXACT
 
 
 @lru_cache(maxsize=16)
@@ -376,13 +342,3 @@ def _global_shift(ref_spectrum: npt.NDArray[np.complex128], cur: FloatArray) -> 
     if abs(dy) > MAX_SHIFT * h or abs(dx) > MAX_SHIFT * w:
         return 0, 0
     return int(dy), int(dx)
-
-
-def _envelope(a: FloatArray) -> tuple[FloatArray, FloatArray]:
-    """Min and max over each cell's 3x3 neighbourhood (edges replicated), separably."""
-    p = np.pad(a, 1, mode="edge")
-    lo_r = np.minimum(np.minimum(p[:, :-2], p[:, 1:-1]), p[:, 2:])
-    hi_r = np.maximum(np.maximum(p[:, :-2], p[:, 1:-1]), p[:, 2:])
-    lo = np.minimum(np.minimum(lo_r[:-2], lo_r[1:-1]), lo_r[2:])
-    hi = np.maximum(np.maximum(hi_r[:-2], hi_r[1:-1]), hi_r[2:])
-    return lo, hi

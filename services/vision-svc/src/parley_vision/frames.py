@@ -23,7 +23,9 @@ import numpy.typing as npt
 from parley_runtime.errors import InvalidArgument
 from PIL import Image
 
-CELL = 8
+from . import kernels
+
+CELL = kernels.CELL
 """Side in pixels of the square cells whose mean luma the change detector compares.
 
 8 px keeps the cost at one pass of integer adds over the luma plane, and is small enough that
@@ -90,6 +92,18 @@ class FrameLayout:
         return np.lib.stride_tricks.as_strided(
             flat, shape=(rows, row_bytes), strides=(stride, 1), writeable=False
         )
+
+
+    def pitched(self, index: int, rows: int, row_bytes: int) -> U8Array:
+        """Plane `index` as a C-contiguous (rows, stride) array whose first `row_bytes` columns
+        are the samples: a view when the buffer holds whole strides for every row (planes
+        followed by others always do), else a tight copy."""
+        stride = self.strides[index]
+        start = self.offsets[index]
+        if start + stride * rows <= len(self.data):
+            base = np.frombuffer(self.data, dtype=np.uint8, count=stride * rows, offset=start)
+            return base.reshape(rows, stride)
+        return np.ascontiguousarray(self.plane(index, rows, row_bytes))
 
 
 def _chroma(n: int) -> int:
@@ -197,11 +211,11 @@ class FrameDecoder:
         """
         w, h, fmt = layout.width, layout.height, layout.format
         if fmt is PixelFormat.I420 or fmt is PixelFormat.NV12:
-            sums = _luma_cell_sums(_row_block_sums(layout.plane(0, h, w)))
+            out = np.empty((-(-h // CELL), -(-w // CELL)), dtype=np.float32)
             # Video range (Y 16..235) to full range, on cells rather than pixels.
-            sums *= _inverse_counts(h, w, _VIDEO_RANGE_SCALE)
-            sums -= 16.0 * _VIDEO_RANGE_SCALE
-            return sums
+            scale = _VIDEO_RANGE_SCALE
+            kernels.cell_means(layout.pitched(0, h, w), w, scale, -16.0 * scale, out)
+            return out
         if fmt is PixelFormat.RGBA or fmt is PixelFormat.BGRA:
             rows = _row_block_sums(layout.plane(0, h, 4 * w))
             order = (0, 1, 2) if fmt is PixelFormat.RGBA else (2, 1, 0)
@@ -225,8 +239,9 @@ class FrameDecoder:
             raise FrameRejected(
                 f"JPEG decoded to {w}x{h}, header said {layout.width}x{layout.height}"
             )
-        sums = _luma_cell_sums(_row_block_sums(plane))
-        return sums * _inverse_counts(h, w)
+        out = np.empty((-(-h // CELL), -(-w // CELL)), dtype=np.float32)
+        kernels.cell_means(np.ascontiguousarray(plane), w, 1.0, 0.0, out)
+        return out
 
     # ----------------------------------------------------------------------------------------
     # Images for encoding (kept frames only)

@@ -1,4 +1,4 @@
-"""Perceptual hashes of a frame from its luma cell means, with numpy only.
+"""Perceptual hashes of a frame from its luma cell means (numpy and compiled loops; no PIL).
 
 The global hash is imagehash's pHash: the luma resampled to 32x32, a 2-D DCT-II (unnormalised,
 as scipy.fftpack computes it), the top-left 8x8 coefficients thresholded at their median, bits
@@ -19,6 +19,7 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 
+from . import kernels
 from .frames import CELL, FloatArray
 
 GRID = 4
@@ -41,14 +42,8 @@ def _dct_matrix(n: int, k: int = 8) -> FloatArray:
 
 _D32 = _dct_matrix(32)
 _D16 = _dct_matrix(_TILE_SAMPLES)
-_D32T = np.ascontiguousarray(_D32.T)
-_D16T = np.ascontiguousarray(_D16.T)
-# White noise of standard deviation s in n x n samples gives unnormalised 2-D AC coefficients of
-# standard deviation 2 * n * s: dividing by 2n expresses coefficients in luma levels.
-_AC_SCALE = np.asarray([2.0 * 32] + [2.0 * _TILE_SAMPLES] * (GRID * GRID), dtype=np.float32)
-# (32, 64) pairwise means: the 32x32 resample from the 64x64 one.
-_HALVE = np.kron(np.eye(32, dtype=np.float32), np.full((1, 2), 0.5, dtype=np.float32))
-_HALVE_T = np.ascontiguousarray(_HALVE.T)
+_D32_64 = _D32.astype(np.float64)
+_D16_64 = _D16.astype(np.float64)
 
 
 def _area_matrix(pixels: int, n_out: int) -> FloatArray:
@@ -76,6 +71,11 @@ class _Geometry:
 
     # When every band has cells: (row starts, column starts, rows per band, columns per band).
     bands: Bands | None = None
+    # `rows` and `cols` as sparse weights: each output sample averages a few cells.
+    row_idx: IntArray | None = None
+    row_w: npt.NDArray[np.float64] | None = None
+    col_idx: IntArray | None = None
+    col_w: npt.NDArray[np.float64] | None = None
 
 
 @lru_cache(maxsize=32)
@@ -94,7 +94,26 @@ def geometry(height: int, width: int) -> _Geometry:
     rows_per, cols_per = np.diff(row_edges), np.diff(col_edges)
     full = bool(np.all(rows_per > 0) and np.all(cols_per > 0))
     bands = (row_edges[:-1], col_edges[:-1], rows_per, cols_per) if full else None
-    return _Geometry(rows, cols, labels, row_edges, col_edges, bands)
+    row_idx, row_w = _sparse(rows)
+    col_idx, col_w = _sparse(cols.T)
+    return _Geometry(
+        rows, cols, labels, row_edges, col_edges, bands, row_idx, row_w, col_idx, col_w
+    )
+
+
+def _sparse(m: FloatArray) -> tuple[IntArray, npt.NDArray[np.float64]]:
+    """(n, k) column indices and weights of the non-zero entries of each row of `m` (padded
+    with zero weights), k the most any row has."""
+    nz = [np.flatnonzero(row) for row in m]
+    k = max(1, max(len(z) for z in nz))
+    idx = np.zeros((m.shape[0], k), dtype=np.intp)
+    w = np.zeros((m.shape[0], k), dtype=np.float64)
+    for i, z in enumerate(nz):
+        idx[i, : len(z)] = z
+        w[i, : len(z)] = m[i, z]
+    idx.setflags(write=False)
+    w.setflags(write=False)
+    return idx, w
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,18 +138,12 @@ class FrameSignature:
 def compute_signature(cells: FloatArray, width: int, height: int) -> FrameSignature:
     """Global and per-tile pHashes of a frame from its luma cell means."""
     geo = geometry(height, width)
-    s64 = geo.rows @ cells @ geo.cols  # (64, 64) area means
-    s32 = _HALVE @ s64 @ _HALVE_T
-    tiles = s64.reshape(GRID, _TILE_SAMPLES, GRID, _TILE_SAMPLES).swapaxes(1, 2)
-    coefs = np.empty((1 + GRID * GRID, 64), dtype=np.float32)
-    coefs[0] = (_D32 @ s32 @ _D32T).ravel()
-    coefs[1:] = (_D16 @ tiles @ _D16T).reshape(GRID * GRID, 64)
-    mid = np.partition(coefs, (31, 32), axis=1)
-    med = (mid[:, 31:32] + mid[:, 32:33]) * 0.5  # numpy.median of 64 values
-    bits = np.packbits(coefs > med, axis=1)
-    hashes = bits.view(">u8").ravel().astype(np.uint64)
-    spread = np.partition(np.abs(coefs - med), (31, 32), axis=1)
-    margin = ((spread[:, 31] + spread[:, 32]) * 0.5 / _AC_SCALE).astype(np.float32)
+    assert geo.row_idx is not None and geo.row_w is not None
+    assert geo.col_idx is not None and geo.col_w is not None
+    s64 = kernels.resample(cells, geo.row_idx, geo.row_w, geo.col_idx, geo.col_w)
+    hashes = np.empty(1 + GRID * GRID, dtype=np.uint64)
+    margin = np.empty(1 + GRID * GRID, dtype=np.float32)
+    kernels.phashes(s64, _D32_64, _D16_64, GRID, hashes, margin)
     return FrameSignature(
         width=width,
         height=height,
