@@ -10,7 +10,12 @@ import httpx
 import numpy as np
 import pytest
 from parley_kb.cache import RedisVectorCache
-from parley_kb.embedding_cache import EmbeddingCache, LruVectorCache, cache_key
+from parley_kb.embedding_cache import (
+    EmbeddingCache,
+    LruVectorCache,
+    cache_key,
+    tenant_prefix,
+)
 from parley_kb.embeddings import (
     EmbeddingService,
     EmbeddingUsage,
@@ -46,6 +51,11 @@ def test_cache_keys_separate_tenants_models_and_input_types() -> None:
     assert base != cache_key("m2", "document", "acme", "same text")
     assert base != cache_key("m", "query", "acme", "same text")
     assert "same text" not in base and "acme" not in base
+    # Every key of a tenant starts with its prefix (offboarding deletes by prefix), and no
+    # other tenant's key does.
+    assert base.startswith(tenant_prefix("acme"))
+    assert cache_key("m2", "query", "acme", "other").startswith(tenant_prefix("acme"))
+    assert not cache_key("m", "document", "acme-2", "x").startswith(tenant_prefix("acme"))
 
 
 @pytest.mark.unit

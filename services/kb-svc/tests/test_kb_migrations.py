@@ -189,3 +189,37 @@ async def test_app_role_must_not_be_the_owner(kb_db: KbDatabase) -> None:
         await migrate(kb_db.admin_dsn, app_role="postgres", app_password="x")
     with pytest.raises(MigrationError, match="must match"):
         await migrate(kb_db.admin_dsn, app_role="Robert'); DROP TABLE x;--", app_password="x")
+
+
+async def test_migration_0002_keeps_only_vectors_of_current_versions(
+    new_database: Callable[[str], str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before 0002 a write replaced vectors in the configured model's table only, so other
+    models' tables could hold vectors of older versions: 0002 removes them (and orphans)."""
+    import parley_kb.migrator as migrator
+
+    admin = new_database("kbm2")
+    everything = load_migrations()
+    monkeypatch.setattr(migrator, "load_migrations", lambda: everything[:1])
+    await migrate(admin, embedding_model="m-a", embedding_dimensions=3, tenants=["acme"])
+    await migrate(admin, embedding_model="m-b", embedding_dimensions=3)
+    conn = await asyncpg.connect(admin)
+    try:
+        await init_connection(conn)
+        vec = np.ones(3, np.float32)
+        for doc, model in (("doc-a", "m-a"), ("doc-b", "m-b")):
+            await conn.execute(
+                "INSERT INTO kb.documents (tenant_id, document_id, content_type, content_hash,"
+                " fingerprint, size_bytes, chunk_count, embedding_model)"
+                " VALUES ('acme', $1, 'text', 'h', 'f', 3, 1, $2)", doc, model)
+            for table in ("emb_1", "emb_2"):  # one current, one stale (older version)
+                await conn.execute(f"INSERT INTO kb.{table} VALUES ('acme', $1, 0, $2)", doc, vec)
+        await conn.execute("INSERT INTO kb.emb_1 VALUES ('acme', 'deleted-doc', 0, $1)", vec)
+        monkeypatch.setattr(migrator, "load_migrations", lambda: everything)
+        report = await migrate(admin)
+        assert report.applied == [2]
+        kept = {table: [r[0] for r in await conn.fetch(
+            f"SELECT document_id FROM kb.{table} ORDER BY 1")] for table in ("emb_1", "emb_2")}
+        assert kept == {"emb_1": ["doc-a"], "emb_2": ["doc-b"]}
+    finally:
+        await conn.close()

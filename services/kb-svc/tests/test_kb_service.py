@@ -55,7 +55,7 @@ def test_cli_migrate_ingest_search(tmp_path: Path, new_database: Callable[[str],
     env = _env(tmp_path, admin)
     first = _run(["migrate"], env)
     assert first.returncode == 0, first.stderr
-    assert "migrations applied: [1]" in first.stdout and "tenants prepared: 2" in first.stdout
+    assert "migrations applied: [1, 2]" in first.stdout and "tenants prepared: 2" in first.stdout
     again = _run(["migrate"], env)
     assert again.returncode == 0 and "migrations applied: none" in again.stdout
 
@@ -89,6 +89,70 @@ def test_cli_migrate_ingest_search(tmp_path: Path, new_database: Callable[[str],
     assert other.returncode == 0 and "no results" in other.stdout
     unknown = _run(["search", "x", "--tenant", "umbrella"], env)
     assert unknown.returncode == 2 and "NOT_FOUND" in unknown.stderr
+
+
+def test_cli_reembed_export_offboard(tmp_path: Path, new_database: Callable[[str], str],
+                                     emulator_url: str) -> None:
+    """The operator commands as subprocesses: a model switch (local WordLlama -> voyage-3.5
+    through the emulator) and `reembed` with its progress bar; `tenants`; `export`; and
+    `offboard` of a tenant already removed from the tenants file."""
+    admin = new_database("kbops")
+    env = _env(tmp_path, admin)
+    assert _run(["migrate"], env).returncode == 0
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(6):
+        (docs / f"pump-{i}.md").write_text(
+            f"# Pump {i}\n\n## Service\n\nThe zorblax pump {i} needs oil every {i + 2} weeks."
+            f"\n\n## Parts\n\nGasket kit G-{i}00 fits pump {i} only.")
+    for tenant in ("acme", "globex"):
+        assert _run(["ingest", str(docs), "--tenant", tenant, "--base", str(docs),
+                     "--no-progress"], env).returncode == 0
+
+    voyage = {**env, "VOYAGE_API_KEY": "pa-kb-test", "VOYAGE_BASE_URL": f"{emulator_url}/v1",
+              "PARLEY_KB_VOYAGE_MODEL": "voyage-3.5"}
+    status = _run(["tenants"], voyage)  # migrates (MIGRATE_DATABASE_URL): voyage's table
+    assert status.returncode == 0, status.stderr
+    rows = {line.split()[0]: line.split() for line in status.stdout.splitlines()[1:]}
+    assert rows["acme"][1] == "yes" and rows["acme"][4] == "0" and int(rows["acme"][5]) > 0
+    done = _run(["reembed", "--tenant", "acme", "--batch-chunks", "2", "--json"], voyage)
+    assert done.returncode == 0, done.stderr
+    [report] = json.loads(done.stdout)
+    assert report["model"] == "voyage-3.5" and report["remaining"] == 0
+    assert report["reembedded_chunks"] == report["chunks"] > 0 and report["batches"] > 1
+    assert "reembed acme" in done.stderr and "chunk/s" in done.stderr  # tqdm progress bar
+    found = _run(["search", "how often does pump 3 need oil", "--tenant", "acme", "--mode",
+                  "vector", "--json"], voyage)
+    result = json.loads(found.stdout)
+    assert result["embedding_model"] == "voyage-3.5" and result["hits"]
+    assert result["hits"][0]["document_id"] == "pump-3.md"
+    globex = _run(["search", "pump 3 oil", "--tenant", "globex", "--mode", "vector"], voyage)
+    assert "no results" in globex.stdout  # globex was not re-embedded
+
+    export = tmp_path / "acme.jsonl"
+    out = _run(["export", "--tenant", "acme", "-o", str(export)], env)
+    assert out.returncode == 0 and "exported 6 documents" in out.stderr
+    lines = [json.loads(line) for line in export.read_text().splitlines()]
+    assert [d["document_id"] for d in lines] == [f"pump-{i}.md" for i in range(6)]
+    assert "Gasket kit G-300" in " ".join(c["body"] for c in lines[3]["chunks"])
+
+    # globex leaves: removed from the tenants file first, then offboarded.
+    (tmp_path / "tenants.yaml").write_text(yaml.safe_dump({"tenants": {"acme": {}}}))
+    status = _run(["tenants"], env)
+    assert any(line.split()[:2] == ["globex", "no"] for line in status.stdout.splitlines())
+    refused = _run(["offboard", "--tenant", "globex", "--confirm", "acme"], env)
+    assert refused.returncode == 2 and "nothing deleted" in refused.stderr
+    saved = tmp_path / "globex.jsonl"
+    gone = _run(["offboard", "--tenant", "globex", "--confirm", "globex", "--export",
+                 str(saved)], env)
+    assert gone.returncode == 0, gone.stderr
+    report = json.loads(gone.stdout)
+    assert report["existed"] and report["documents"] == 6
+    assert len(saved.read_text().splitlines()) == 6
+    assert report["embeddings"]["local-wordllama-256"] == report["chunks"] > 0
+    assert len(report["partitions_dropped"]) == 3
+    twice = _run(["offboard", "--tenant", "globex", "--confirm", "globex"], env)
+    assert twice.returncode == 0 and json.loads(twice.stdout)["existed"] is False
 
 
 def test_serve_grpc_admin_metrics_and_drain(tmp_path: Path, new_database: Callable[[str], str],

@@ -1,7 +1,9 @@
 """Admin REST API (FastAPI, OpenAPI at /openapi.json and /docs) for operators and tools.
 
-Authenticated with the same service JWTs as gRPC (`Authorization: Bearer <token>`); the tenant
-is the token's `tenant` claim, and every endpoint acts for that tenant only.
+Authenticated with the same service JWTs as gRPC (`Authorization: Bearer <token>`). The
+tenant endpoints (/v1/documents, /v1/search, /v1/usage) act for the token's `tenant` claim
+only. The operator endpoints (/v1/admin/...: re-embedding, tenant status, export, offboarding)
+act on any tenant and accept only callers named in PARLEY_KB_OPERATOR_CALLERS (token `iss`).
 """
 
 from __future__ import annotations
@@ -9,18 +11,21 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import json
 import logging
 import uuid
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from parley_runtime.auth import TokenVerifier
 from parley_runtime.context import TENANT_HEADER, tenant_id_var
 from parley_runtime.errors import (
     InvalidArgument,
+    NotFound,
     ParleyError,
     PermissionDenied,
     Unauthenticated,
@@ -29,6 +34,7 @@ from pydantic import BaseModel, Field
 
 from .knowledge_base import KnowledgeBase
 from .models import ContentType, Document, DocumentInput, SearchMode, SearchQuery
+from .operations import KbOperations, ReembedJob
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +142,76 @@ class UsageOut(BaseModel):
     read_only: bool
 
 
+class TenantStatusOut(BaseModel):
+    tenant_id: str
+    configured: bool = Field(description="named in the tenants file")
+    model: str = Field(description="the configured embedding model")
+    documents: int
+    chunks: int
+    chunks_with_model: int = Field(description="chunks that have a vector of `model`")
+    chunks_missing_model: int = Field(description="chunks `reembed` would embed")
+
+
+class ReembedBody(BaseModel):
+    """Name the tenants, or set `all_tenants` for every tenant with storage."""
+
+    tenant_ids: list[str] = Field(default_factory=list)
+    all_tenants: bool = False
+    batch_chunks: int | None = Field(default=None, ge=1, le=100_000)
+
+
+class ReembedReportOut(BaseModel):
+    tenant_id: str
+    model: str
+    documents: int
+    chunks: int
+    already_done: int
+    reembedded_documents: int
+    reembedded_chunks: int
+    chunks_embedded: int
+    chunks_cached: int
+    skipped_changed: int
+    batches: int
+    remaining: int
+    seconds: float
+
+
+class ReembedJobOut(BaseModel):
+    job_id: str
+    state: Literal["running", "succeeded", "failed"]
+    tenant_ids: list[str] | None = Field(description="null: every tenant with storage")
+    model: str
+    batch_chunks: int
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    current_tenant: str | None
+    chunks_to_do: int = Field(description="summed over the tenants started so far")
+    chunks_done: int
+    reports: list[ReembedReportOut]
+    error: str | None
+
+    @classmethod
+    def of(cls, job: ReembedJob) -> ReembedJobOut:
+        return cls(
+            job_id=job.job_id, state=job.state, tenant_ids=job.tenants, model=job.model,
+            batch_chunks=job.batch_chunks, started_at=job.started_at,
+            finished_at=job.finished_at, current_tenant=job.current_tenant,
+            chunks_to_do=job.chunks_to_do, chunks_done=job.chunks_done,
+            reports=[ReembedReportOut(**r.as_dict()) for r in job.reports], error=job.error,
+        )
+
+
+class OffboardOut(BaseModel):
+    tenant_id: str
+    existed: bool = Field(description="false: nothing was stored (already offboarded)")
+    documents: int
+    chunks: int
+    bytes: int
+    embeddings: dict[str, int] = Field(description="vectors deleted, per model")
+    partitions_dropped: list[str]
+    cache_entries_deleted: int
+
+
 class _BodyLimit:
     """Refuse request bodies larger than `limit` bytes (413) before they are buffered."""
 
@@ -179,8 +255,6 @@ class _BodyLimit:
 
 
 async def _send_error(send: Any, status: int, code: str, message: str) -> None:
-    import json
-
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
@@ -221,11 +295,36 @@ async def _tenant_of(
 Tenant = Annotated[str, Depends(_tenant_of)]
 
 
+async def _operator_of(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The calling operator: a verified token whose issuer is an allowed operator caller."""
+    verifier: TokenVerifier | None = request.app.state.verifier
+    if verifier is None:  # PARLEY_AUTH_DISABLED: local experiments only
+        return "anonymous"
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthenticated("missing authorization: send 'Bearer <service JWT>'")
+    ident = verifier.verify(credentials.credentials)
+    if ident.service not in request.app.state.operators:
+        raise PermissionDenied(
+            f"caller {ident.service!r} may not use operator endpoints "
+            "(PARLEY_KB_OPERATOR_CALLERS)"
+        )
+    return ident.service
+
+
+Operator = Annotated[str, Depends(_operator_of)]
+
+
 def create_admin_app(
     kb: KnowledgeBase,
     *,
     verifier: TokenVerifier | None,
     max_body_bytes: int = 48 * 1024 * 1024,
+    ops: KbOperations | None = None,
+    operators: Sequence[str] = ("kb-svc",),
+    reembed_batch_chunks: int = 256,
 ) -> FastAPI:
     app = FastAPI(
         title="Parley kb-svc admin API",
@@ -237,6 +336,7 @@ def create_admin_app(
         ),
     )
     app.state.verifier = verifier
+    app.state.operators = frozenset(operators)
 
     @app.exception_handler(ParleyError)
     async def _parley_error(request: Request, exc: ParleyError) -> JSONResponse:
@@ -343,8 +443,87 @@ def create_admin_app(
             embedding_model=result.embedding_model,
         )
 
+    if ops is not None:
+        _add_operator_routes(app, ops, reembed_batch_chunks)
     app.add_middleware(_BodyLimit, limit=max_body_bytes)
     return app
+
+
+def _add_operator_routes(app: FastAPI, ops: KbOperations, default_batch: int) -> None:
+    @app.get("/v1/admin/tenants", response_model=list[TenantStatusOut], tags=["operator"],
+             summary="Tenants with storage, and their coverage by the configured model")
+    async def tenant_status(operator: Operator) -> list[TenantStatusOut]:
+        return [
+            TenantStatusOut(
+                tenant_id=st.tenant_id, configured=st.configured, model=st.model,
+                documents=st.coverage.documents, chunks=st.coverage.chunks,
+                chunks_with_model=st.coverage.vectors,
+                chunks_missing_model=st.coverage.missing,
+            )
+            for st in await ops.status()
+        ]
+
+    @app.post("/v1/admin/reembed", response_model=ReembedJobOut, status_code=202,
+              tags=["operator"],
+              summary="Re-embed tenants with the configured model (background job; "
+                      "resumable: starting it again skips finished documents)")
+    async def start_reembed(operator: Operator, body: ReembedBody) -> ReembedJobOut:
+        if bool(body.tenant_ids) == body.all_tenants:
+            raise InvalidArgument("name tenant_ids or set all_tenants (not both)")
+        job, created = ops.jobs.start(
+            None if body.all_tenants else list(dict.fromkeys(body.tenant_ids)),
+            body.batch_chunks or default_batch,
+        )
+        logger.info("re-embedding requested", extra={"operator": operator,
+                                                      "job_id": job.job_id, "new": created})
+        return ReembedJobOut.of(job)
+
+    @app.get("/v1/admin/reembed", response_model=list[ReembedJobOut], tags=["operator"])
+    async def list_reembeds(operator: Operator) -> list[ReembedJobOut]:
+        return [ReembedJobOut.of(job) for job in ops.jobs.recent()]
+
+    @app.get("/v1/admin/reembed/{job_id}", response_model=ReembedJobOut, tags=["operator"])
+    async def get_reembed(operator: Operator, job_id: str) -> ReembedJobOut:
+        job = ops.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no re-embedding job {job_id!r} in this process")
+        return ReembedJobOut.of(job)
+
+    @app.get("/v1/admin/tenants/{tenant_id}/export", tags=["operator"],
+             response_class=StreamingResponse,
+             responses={200: {"content": {"application/x-ndjson": {}}}},
+             summary="The tenant's documents as JSON lines (metadata and chunk text)")
+    async def export_tenant(operator: Operator, tenant_id: str) -> StreamingResponse:
+        rows = ops.export(tenant_id)
+        try:
+            first = await anext(rows)
+        except StopAsyncIteration:
+            first = None
+
+        async def lines() -> AsyncIterator[bytes]:
+            if first is None:
+                return
+            yield _json_line(first)
+            async for row in rows:
+                yield _json_line(row)
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    @app.delete("/v1/admin/tenants/{tenant_id}", response_model=OffboardOut, tags=["operator"],
+                summary="Offboard: delete all of the tenant's data (confirm = the tenant id)")
+    async def offboard_tenant(
+        operator: Operator,
+        tenant_id: str,
+        confirm: Annotated[str, Query(description="repeat the tenant id")] = "",
+    ) -> OffboardOut:
+        logger.warning("offboarding requested",
+                       extra={"operator": operator, "tenant": tenant_id})
+        report = await ops.offboard(tenant_id, confirm=confirm or None)
+        return OffboardOut(**report.as_dict())
+
+
+def _json_line(row: dict[str, Any]) -> bytes:
+    return (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
 def _content_bytes(body: IngestBody) -> bytes:

@@ -26,6 +26,7 @@ from .embeddings import (
 )
 from .knowledge_base import KnowledgeBase, SearchOptions
 from .migrator import MigrationReport, migrate
+from .operations import KbOperations
 from .store import PgKnowledgeStore
 
 logger = logging.getLogger(__name__)
@@ -96,8 +97,10 @@ class KbRuntime:
     store: PgKnowledgeStore
     embeddings: EmbeddingService
     remote_cache: RedisVectorCache | None
+    ops: KbOperations
 
     async def aclose(self) -> None:
+        await self.ops.jobs.aclose()
         await self.store.close()
         if self.remote_cache is not None:
             await self.remote_cache.aclose()
@@ -158,4 +161,6 @@ async def build_runtime(
     )
     if prepare_tenants:
         await kb.prepare_tenants()
-    return KbRuntime(kb, store, embeddings, remote)
+    ops = KbOperations(kb, store, cache,
+                       offboard_lock_timeout_ms=settings.kb_offboard_lock_timeout_ms)
+    return KbRuntime(kb, store, embeddings, remote, ops)

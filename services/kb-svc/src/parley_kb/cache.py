@@ -39,6 +39,21 @@ class RedisVectorCache:
                 pipe.set(key, value, ex=ttl_s)
             await pipe.execute()
 
+    async def delete_prefix(self, prefix: str) -> int:
+        """SCAN for the prefix and UNLINK in batches (no blocking KEYS on a shared Redis)."""
+        if any(ch in prefix for ch in "*?[]\\"):
+            raise ValueError("cache key prefixes must not contain glob characters")
+        deleted = 0
+        batch: list[bytes] = []
+        async for key in self._client.scan_iter(match=f"{prefix}*", count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                deleted += int(await self._client.unlink(*batch))
+                batch = []
+        if batch:
+            deleted += int(await self._client.unlink(*batch))
+        return deleted
+
     async def ping(self) -> bool:
         return bool(await self._client.ping())
 

@@ -1,4 +1,5 @@
-"""Command line: `python -m parley_kb [serve|migrate|ingest|search]` (serve is the default)."""
+"""Command line: `python -m parley_kb [serve|migrate|ingest|search|tenants|reembed|export|
+offboard]` (serve is the default)."""
 
 from __future__ import annotations
 
@@ -69,6 +70,38 @@ def build_parser() -> argparse.ArgumentParser:
     srch.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                       help="metadata filter (repeatable)")
     srch.add_argument("--json", action="store_true", help="print JSON")
+
+    sub.add_parser("tenants", help="tenants with storage: documents, chunks, and chunks that "
+                   "have a vector of the configured model")
+
+    emb = sub.add_parser(
+        "reembed",
+        help="give every chunk a vector of the configured embedding model (after a model "
+             "change); resumable: a second run skips finished documents",
+    )
+    scope = emb.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--tenant", action="append", dest="tenants", metavar="TENANT",
+                       help="repeatable")
+    scope.add_argument("--all-tenants", action="store_true",
+                       help="every tenant with storage, configured or not")
+    emb.add_argument("--batch-chunks", type=int, default=None,
+                     help="chunks per batch, one transaction each "
+                          "(default PARLEY_KB_REEMBED_BATCH_CHUNKS, 256)")
+    emb.add_argument("--no-progress", action="store_true", help="no progress bar")
+    emb.add_argument("--json", action="store_true", help="print the reports as JSON")
+
+    exp = sub.add_parser("export", help="a tenant's documents as JSON lines (metadata and "
+                         "chunk text; the original files are not stored)")
+    exp.add_argument("--tenant", required=True)
+    exp.add_argument("--output", "-o", help="file to write (default: standard output)")
+
+    off = sub.add_parser("offboard", help="delete ALL of a tenant's data: documents, chunks, "
+                         "vectors, partitions, counters, cache entries")
+    off.add_argument("--tenant", required=True)
+    off.add_argument("--confirm", required=True, metavar="TENANT",
+                     help="repeat the tenant id to confirm")
+    off.add_argument("--export", metavar="FILE",
+                     help="export the tenant's documents to FILE (JSON lines) first")
     return parser
 
 
@@ -89,6 +122,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_ingest(Settings(), args))
         if command == "search":
             return asyncio.run(_search(Settings(), args))
+        if command == "tenants":
+            return asyncio.run(_tenants(Settings()))
+        if command == "reembed":
+            return asyncio.run(_reembed(Settings(), args))
+        if command == "export":
+            return asyncio.run(_export(Settings(), args))
+        if command == "offboard":
+            return asyncio.run(_offboard(Settings(), args))
     except ParleyError as exc:
         print(f"error: {exc.code.name}: {exc.message}", file=sys.stderr)
         return 2
@@ -256,4 +297,136 @@ async def _search(settings: Settings, args: argparse.Namespace) -> int:
     for rank, hit in enumerate(result.hits, start=1):
         snippet = " ".join(hit.text.split())[:200]
         print(f"{rank:2d}. {hit.score:.4f}  {hit.chunk_id}  {hit.document_title}\n    {snippet}")
+    return 0
+
+
+async def _operator_runtime(settings: Settings, recorder: UsageRecorder | None = None) -> Any:
+    """The runtime for operator commands: no tenant is prepared, and tenants absent from the
+    tenants file are reachable (they may have been removed from it already)."""
+    from .app import build_runtime
+
+    tenants = KbTenants.from_settings(settings)
+    return await build_runtime(settings, tenants=tenants, recorder=recorder,
+                               prepare_tenants=False)
+
+
+async def _tenants(settings: Settings) -> int:
+    runtime = await _operator_runtime(settings)
+    try:
+        rows = await runtime.ops.status()
+    finally:
+        await runtime.aclose()
+    model = runtime.ops.model
+    print(f"{'tenant':<24} {'configured':>10} {'documents':>10} {'chunks':>10} "
+          f"{'with ' + model:>24} {'missing':>8}")
+    for st in rows:
+        cov = st.coverage
+        print(f"{st.tenant_id:<24} {'yes' if st.configured else 'no':>10} {cov.documents:>10} "
+              f"{cov.chunks:>10} {cov.vectors:>24} {cov.missing:>8}")
+    return 0
+
+
+async def _reembed(settings: Settings, args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .operations import check_tenant_id
+
+    for tenant_id in args.tenants or ():
+        check_tenant_id(tenant_id)
+    batch = args.batch_chunks or settings.kb_reembed_batch_chunks
+    recorder = _recorder(settings)
+    runtime = await _operator_runtime(settings, recorder)
+    reports = []
+    failed: str | None = None
+    bar: Any = None
+
+    def on_start(tenant_id: str, missing: int) -> None:
+        nonlocal bar
+        if bar is not None:
+            bar.close()
+        bar = tqdm(total=missing, unit="chunk", disable=args.no_progress, file=sys.stderr,
+                   desc=f"reembed {tenant_id}")
+
+    def progress(tenant_id: str, done: int, total: int) -> None:
+        if bar is not None:
+            bar.update(done)
+
+    try:
+        tenants = args.tenants or await runtime.ops.stored_tenants()
+        for tenant_id in tenants:
+            try:
+                reports.append(await runtime.ops.reembed(
+                    tenant_id, batch_chunks=batch, progress=progress, on_start=on_start))
+            except ParleyError as exc:
+                failed = f"{tenant_id}: {exc.code.name}: {exc.message}"
+                break
+            except Exception as exc:  # a crash of the provider or database: resumable
+                failed = f"{tenant_id}: {type(exc).__name__}: {exc}"
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+        with contextlib.suppress(Exception):
+            await recorder.flush(5.0)
+            await recorder.close()
+        await runtime.aclose()
+    if args.json:
+        print(json.dumps([r.as_dict() for r in reports], indent=2))
+    else:
+        for r in reports:
+            print(f"{r.tenant_id}: {r.reembedded_chunks} chunks of {r.reembedded_documents} "
+                  f"documents re-embedded with {r.model} in {r.batches} batches "
+                  f"({r.chunks_embedded} embedded, {r.chunks_cached} from cache); "
+                  f"{r.already_done} of {r.chunks} already done; {r.remaining} remaining"
+                  + (f"; {r.skipped_changed} documents changed meanwhile"
+                     if r.skipped_changed else "")
+                  + f" ({r.seconds:.1f}s)")
+    if failed is not None:
+        print(f"error: {failed}\nfinished batches are kept: run the same command again to "
+              "resume", file=sys.stderr)
+        return 1
+    return 1 if any(r.remaining for r in reports) else 0
+
+
+async def _write_export(runtime: Any, tenant_id: str, out: Any) -> int:
+    count = 0
+    async for row in runtime.ops.export(tenant_id):
+        out.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
+        count += 1
+    out.flush()
+    return count
+
+
+async def _export(settings: Settings, args: argparse.Namespace) -> int:
+    runtime = await _operator_runtime(settings)
+    try:
+        if args.output:
+            with open(args.output, "w", encoding="utf-8") as fh:
+                count = await _write_export(runtime, args.tenant, fh)
+        else:
+            count = await _write_export(runtime, args.tenant, sys.stdout)
+    finally:
+        await runtime.aclose()
+    print(f"exported {count} documents of {args.tenant}", file=sys.stderr)
+    return 0
+
+
+async def _offboard(settings: Settings, args: argparse.Namespace) -> int:
+    from .operations import check_tenant_id
+
+    check_tenant_id(args.tenant)
+    if args.confirm != args.tenant:
+        print(f"error: --confirm must repeat the tenant id ({args.tenant!r}); nothing deleted",
+              file=sys.stderr)
+        return 2
+    runtime = await _operator_runtime(settings)
+    try:
+        if args.export:
+            with open(args.export, "w", encoding="utf-8") as fh:
+                count = await _write_export(runtime, args.tenant, fh)
+            print(f"exported {count} documents to {args.export}", file=sys.stderr)
+        report = await runtime.ops.offboard(args.tenant, confirm=args.confirm)
+    finally:
+        await runtime.aclose()
+    print(json.dumps(report.as_dict(), indent=2))
     return 0

@@ -84,6 +84,14 @@ class Settings(ServiceSettings):
 
     # --- admin REST ------------------------------------------------------------------------
     admin_port: int = Field(default=8083, ge=0, le=65535, description="0 disables admin REST")
+    # Callers (token `iss`) allowed on the operator endpoints (/v1/admin/...): re-embedding,
+    # export and offboarding of any tenant. Tenant-scoped callers such as agent-worker are not.
+    kb_operator_callers: list[str] = Field(default_factory=lambda: ["kb-svc"])
+
+    # --- operator commands -----------------------------------------------------------------
+    kb_reembed_batch_chunks: int = Field(default=256, ge=1, le=100_000)
+    # Offboarding drops partitions, which waits for in-flight statements on the parent tables.
+    kb_offboard_lock_timeout_ms: int = Field(default=5000, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

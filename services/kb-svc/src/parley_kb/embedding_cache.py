@@ -1,8 +1,10 @@
 """Embedding cache: an in-process LRU in front of a shared remote store (Redis in production).
 
-Keys name the model, the input type and a SHA-256 of tenant + text. The tenant is part of the
-key on purpose: a cache shared across tenants would let one tenant learn, from a faster answer
-or from `chunks_embedded`, that another tenant holds the exact same text.
+Keys name the tenant (hashed), the model, the input type and a SHA-256 of tenant + text. The
+tenant is part of the key on purpose: a cache shared across tenants would let one tenant learn,
+from a faster answer or from `chunks_embedded`, that another tenant holds the exact same text.
+A digest of the tenant id leads the key so that offboarding can delete all of a tenant's
+entries (queries included) by prefix.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-KEY_PREFIX = "parley:kb:emb:v1"
+KEY_PREFIX = "parley:kb:emb:v2"
 
 
 class RemoteVectorCache(Protocol):
@@ -27,10 +29,21 @@ class RemoteVectorCache(Protocol):
 
     async def set_many(self, items: dict[str, bytes], ttl_s: int) -> None: ...
 
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every key starting with `prefix` (no glob characters); how many."""
+        ...
+
+
+def tenant_prefix(tenant_id: str) -> str:
+    """The leading part of every key of the tenant: a digest of its id, so that its entries
+    can be deleted together without the tenant's name appearing in the shared store."""
+    digest = hashlib.sha256(f"parley-kb-tenant\x00{tenant_id}".encode()).hexdigest()[:24]
+    return f"{KEY_PREFIX}:{digest}:"
+
 
 def cache_key(model: str, input_type: str, tenant_id: str, text: str) -> str:
     digest = hashlib.sha256(f"{tenant_id}\x00{text}".encode()).hexdigest()
-    return f"{KEY_PREFIX}:{model}:{input_type}:{digest}"
+    return f"{tenant_prefix(tenant_id)}{model}:{input_type}:{digest}"
 
 
 class LruVectorCache:
@@ -56,6 +69,12 @@ class LruVectorCache:
 
     def clear(self) -> None:
         self._data.clear()
+
+    def drop_prefix(self, prefix: str) -> int:
+        doomed = [key for key in self._data if key.startswith(prefix)]
+        for key in doomed:
+            del self._data[key]
+        return len(doomed)
 
     def __len__(self) -> int:
         return len(self._data)
@@ -111,6 +130,14 @@ class EmbeddingCache:
                 await self.remote.set_many(encoded, self.ttl_s)
             except Exception:
                 logger.warning("embedding cache write failed", exc_info=True)
+
+    async def delete_tenant(self, tenant_id: str) -> int:
+        """Forget every vector cached for the tenant, in memory and in the shared store."""
+        prefix = tenant_prefix(tenant_id)
+        deleted = self.memory.drop_prefix(prefix)
+        if self.remote is not None:
+            deleted += await self.remote.delete_prefix(prefix)
+        return deleted
 
     def _decode(self, raw: bytes | None) -> np.ndarray | None:
         if raw is None or len(raw) != 4 * self.dimensions:

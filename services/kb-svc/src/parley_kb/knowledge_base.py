@@ -75,6 +75,7 @@ class StoredState:
     size_bytes: int
     chunk_count: int
     embedding_model: str
+    vectors: int  # the document's rows in the configured model's table
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +109,11 @@ class TenantSession(Protocol):
 
     async def usage(self) -> TenantUsage: ...
 
-    async def ingest_state(self, document_id: str) -> tuple[StoredState | None, TenantUsage]:
-        """The stored version of a document (None if absent) and the tenant's usage."""
+    async def ingest_state(
+        self, document_id: str
+    ) -> tuple[StoredState | None, TenantUsage | None]:
+        """The stored version of a document (None if absent) and the tenant's usage (None if
+        the tenant has no storage: never prepared, or offboarded)."""
         ...
 
     async def stored_embeddings(self, document_id: str) -> dict[str, np.ndarray]: ...
@@ -198,6 +202,10 @@ class KnowledgeBase:
         for tenant_id in self.tenants.ids():
             await self._ensure_tenant(tenant_id)
 
+    def forget_tenant(self, tenant_id: str) -> None:
+        """The tenant's storage is gone (offboarded): create it again before its next write."""
+        self._ready_tenants.discard(tenant_id)
+
     async def _ensure_tenant(self, tenant_id: str) -> None:
         if tenant_id in self._ready_tenants:
             return
@@ -245,23 +253,36 @@ class KnowledgeBase:
             )
         model = self.embeddings.model_id
         content_hash = hashlib.sha256(doc.content).hexdigest()
-        fingerprint = _fingerprint(
-            content_hash, doc.content_type.value, title, metadata, source_uri,
-            self.chunker.options.version, model,
-        )
+        version = (content_hash, doc.content_type.value, title, metadata, source_uri,
+                   self.chunker.options.version)
+        fingerprint = document_fingerprint(*version)
         await self._ensure_tenant(tenant_id)
 
+        stored: dict[str, np.ndarray] = {}
         async with self.store.session(tenant_id) as session:
             state, usage = await session.ingest_state(doc.document_id)
-            if state is not None and state.fingerprint == fingerprint:
-                return IngestResult(
-                    document_id=doc.document_id, outcome=IngestOutcome.UNCHANGED,
-                    chunks=state.chunk_count, chunks_embedded=0,
-                    content_hash=state.content_hash, embedding_model=state.embedding_model,
-                )
-            stored: dict[str, np.ndarray] = {}
-            if state is not None and state.embedding_model == model:
+            # Unchanged: same version, and the configured model's table holds all of its
+            # vectors (after a model change it does not until `reembed` or a write adds them).
+            unchanged = (
+                usage is not None and state is not None
+                and state.fingerprint in (fingerprint, legacy_fingerprint(*version, model))
+                and state.vectors >= state.chunk_count
+            )
+            if not unchanged and state is not None and state.vectors:
                 stored = await session.stored_embeddings(doc.document_id)
+        if unchanged:
+            assert state is not None
+            return IngestResult(
+                document_id=doc.document_id, outcome=IngestOutcome.UNCHANGED,
+                chunks=state.chunk_count, chunks_embedded=0,
+                content_hash=state.content_hash, embedding_model=model,
+            )
+        if usage is None:
+            # The tenant's storage is gone (offboarded while this process had it ready):
+            # create it again, as for a new tenant.
+            self._ready_tenants.discard(tenant_id)
+            await self._ensure_tenant(tenant_id)
+            usage = TenantUsage(0, 0, 0)
 
         if doc.content_type in (ContentType.TEXT, ContentType.MARKDOWN) and size <= 32 * 1024:
             chunks = self._extract_and_chunk(doc)  # well under a millisecond: no thread hop
@@ -487,6 +508,26 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(
         json.dumps(parts, sort_keys=True, ensure_ascii=False).encode()
     ).hexdigest()
+
+
+def document_fingerprint(
+    content_hash: str, content_type: str, title: str, metadata: Mapping[str, Any],
+    source_uri: str, chunker_version: str,
+) -> str:
+    """Everything that defines a stored version (what is chunked, and how). The embedding
+    model is not part of it: whether the configured model's vectors exist is checked apart,
+    so re-embedding with another model does not make documents look changed."""
+    return _fingerprint(content_hash, content_type, title, dict(metadata), source_uri,
+                        chunker_version)
+
+
+def legacy_fingerprint(
+    content_hash: str, content_type: str, title: str, metadata: Mapping[str, Any],
+    source_uri: str, chunker_version: str, model: str,
+) -> str:
+    """The fingerprint written before migration 0002 (it included the model)."""
+    return _fingerprint(content_hash, content_type, title, dict(metadata), source_uri,
+                        chunker_version, model)
 
 
 def _after(usage: TenantUsage, state: StoredState | None, size: int, chunks: int) -> TenantUsage:

@@ -7,6 +7,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 
 class ContentType(enum.StrEnum):
     TEXT = "text"
@@ -127,3 +129,48 @@ class TenantUsage:
     documents: int
     bytes: int
     chunks: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpaceCoverage:
+    """A tenant's documents and chunks, and how many vectors the configured model holds."""
+
+    documents: int
+    chunks: int
+    vectors: int
+
+    @property
+    def missing(self) -> int:
+        return max(0, self.chunks - self.vectors)
+
+
+@dataclass(frozen=True, slots=True)
+class ReembedCandidate:
+    """A document as the re-embedding scan reads it."""
+
+    document_id: str
+    chunk_count: int
+    vectors: int  # rows in the configured model's table (complete = chunk_count)
+    updated_at: dt.datetime  # the version token: writes of the document change it
+    fingerprint: str
+    content_hash: str
+    content_type: str
+    title: str
+    metadata: dict[str, Any]
+    source_uri: str
+    embedding_model: str
+
+    @property
+    def complete(self) -> bool:
+        return self.vectors >= self.chunk_count
+
+
+@dataclass(frozen=True, slots=True)
+class ReembedWrite:
+    """New vectors for every chunk of one document, for the version read at `updated_at`."""
+
+    document_id: str
+    updated_at: dt.datetime
+    chunk_indexes: list[int]
+    vectors: np.ndarray
+    fingerprint: str

@@ -53,6 +53,9 @@ async def serve(settings: Settings) -> None:
             runtime.kb,
             verifier=None if settings.auth_disabled else make_verifier(settings),
             max_body_bytes=settings.max_message_bytes,
+            ops=runtime.ops,
+            operators=settings.kb_operator_callers,
+            reembed_batch_chunks=settings.kb_reembed_batch_chunks,
         )
         admin = AdminServer(
             uvicorn.Config(

@@ -35,7 +35,16 @@ from .knowledge_base import (
     QuotaCheck,
     StoredState,
 )
-from .models import Chunk, ContentType, DeleteResult, Document, TenantUsage
+from .models import (
+    Chunk,
+    ContentType,
+    DeleteResult,
+    Document,
+    ReembedCandidate,
+    ReembedWrite,
+    SpaceCoverage,
+    TenantUsage,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -223,6 +232,36 @@ class PgKnowledgeStore:
                 await conn.execute("SELECT set_config('app.tenant_id', $1, true)", tenant_id)
                 await conn.execute("SELECT kb.ensure_tenant($1)", tenant_id)
 
+    async def stored_tenants(self) -> list[str]:
+        """Every tenant that has storage (partitions), configured or not."""
+        async with self.pool.acquire(timeout=_ACQUIRE_TIMEOUT_S) as conn:
+            rows = await conn.fetch("SELECT t FROM kb.stored_tenants() AS t")
+        return [row["t"] for row in rows]
+
+    def forget_tenant(self, tenant_id: str) -> None:
+        """Drop what this process remembers about a tenant (after offboarding)."""
+        self._sizes.pop(tenant_id, None)
+
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[bool]:
+        """A session-level advisory lock held on a dedicated pooled connection for the body
+        (a crashed process releases it with its connection). Yields False when another
+        session holds it."""
+        conn = await self.pool.acquire(timeout=_ACQUIRE_TIMEOUT_S)
+        try:
+            got = bool(await conn.fetchval(
+                "SELECT pg_try_advisory_lock(hashtext('parley_kb.ops'), hashtext($1))", name
+            ))
+            try:
+                yield got
+            finally:
+                if got:
+                    await conn.execute(
+                        "SELECT pg_advisory_unlock(hashtext('parley_kb.ops'), hashtext($1))", name
+                    )
+        finally:
+            await self.pool.release(conn)
+
 
 async def verify_runtime_role(conn: asyncpg.Connection) -> None:
     """Refuse to run as a role that row-level security would not apply to."""
@@ -285,7 +324,49 @@ class _Statements:
             f"INSERT INTO {emb} (tenant_id, document_id, chunk_index, embedding)"
             f" SELECT $1, $2, chunk_index, embedding FROM pg_temp.{self.stage_emb}"
         )
-        self.delete_emb = f"DELETE FROM {emb} WHERE tenant_id = $1 AND document_id = $2"
+        # A changed or deleted document loses its vectors in every model's table, so each
+        # table only ever holds vectors of current versions (migration 0002).
+        self.delete_vectors = "SELECT kb.delete_document_vectors($1, $2)"
+        self.ingest_state = (
+            "SELECT d.fingerprint, d.content_hash, d.size_bytes, d.chunk_count,"
+            " d.embedding_model, t.documents, t.bytes, t.chunks,"
+            " t.tenant_id IS NOT NULL AS initialised,"
+            " CASE WHEN d.document_id IS NULL THEN 0 ELSE"
+            f" (SELECT count(*) FROM {emb} e WHERE e.tenant_id = $1 AND e.document_id = $2)"
+            " END AS vectors"
+            " FROM (SELECT 1) one"
+            " LEFT JOIN kb.tenants t ON t.tenant_id = $1"
+            " LEFT JOIN kb.documents d ON d.tenant_id = $1 AND d.document_id = $2"
+        )
+        # Re-embedding: documents in id order with how many vectors the configured model's
+        # table holds for each (complete = chunk_count).
+        self.reembed_scan = (
+            "SELECT d.document_id, d.chunk_count, d.updated_at, d.fingerprint, d.content_hash,"
+            " d.content_type, d.title, d.metadata, d.source_uri, d.embedding_model,"
+            f" (SELECT count(*) FROM {emb} e WHERE e.tenant_id = $1"
+            " AND e.document_id = d.document_id) AS vectors"
+            " FROM kb.documents d WHERE d.tenant_id = $1"
+            " AND ($2::text IS NULL OR d.document_id > $2) ORDER BY d.document_id LIMIT $3"
+        )
+        self.coverage = (
+            "SELECT (SELECT count(*) FROM kb.documents WHERE tenant_id = $1) AS documents,"
+            " (SELECT coalesce(sum(chunk_count), 0) FROM kb.documents WHERE tenant_id = $1)"
+            " AS chunks,"
+            f" (SELECT count(*) FROM {emb} WHERE tenant_id = $1) AS vectors"
+        )
+        self.stage_reembed = f"kb_stage_reembed_{space.table}"
+        self.create_stage_reembed = (
+            f"CREATE TEMP TABLE IF NOT EXISTS {self.stage_reembed} ("
+            f" document_id text, chunk_index integer, embedding vector({dims}))"
+            " ON COMMIT DELETE ROWS"
+        )
+        self.reembed_delete = (
+            f"DELETE FROM {emb} WHERE tenant_id = $1 AND document_id = ANY($2::text[])"
+        )
+        self.reembed_insert = (
+            f"INSERT INTO {emb} (tenant_id, document_id, chunk_index, embedding)"
+            f" SELECT $1, document_id, chunk_index, embedding FROM pg_temp.{self.stage_reembed}"
+        )
         self.stored_embeddings = (
             f"SELECT c.text_hash, e.embedding FROM kb.chunks c JOIN {emb} e"
             " ON e.tenant_id = c.tenant_id AND e.document_id = c.document_id"
@@ -416,22 +497,19 @@ class PgTenantSession:
             return TenantUsage(0, 0, 0)
         return TenantUsage(row["documents"], row["bytes"], row["chunks"])
 
-    async def ingest_state(self, document_id: str) -> tuple[StoredState | None, TenantUsage]:
-        row = await self._conn.fetchrow(
-            "SELECT d.fingerprint, d.content_hash, d.size_bytes, d.chunk_count,"
-            " d.embedding_model, t.documents, t.bytes, t.chunks"
-            " FROM (SELECT 1) one"
-            " LEFT JOIN kb.tenants t ON t.tenant_id = $1"
-            " LEFT JOIN kb.documents d ON d.tenant_id = $1 AND d.document_id = $2",
-            self._tenant, document_id,
-        )
+    async def ingest_state(
+        self, document_id: str
+    ) -> tuple[StoredState | None, TenantUsage | None]:
+        row = await self._conn.fetchrow(self._sql.ingest_state, self._tenant, document_id)
         assert row is not None
-        usage = TenantUsage(row["documents"] or 0, row["bytes"] or 0, row["chunks"] or 0)
+        usage = None
+        if row["initialised"]:
+            usage = TenantUsage(row["documents"], row["bytes"], row["chunks"])
         if row["fingerprint"] is None:
             return None, usage
         state = StoredState(
             row["fingerprint"], row["content_hash"], row["size_bytes"], row["chunk_count"],
-            row["embedding_model"],
+            row["embedding_model"], int(row["vectors"]),
         )
         return state, usage
 
@@ -488,7 +566,7 @@ class PgTenantSession:
             record.source_uri, record.embedding_model,
         )
         if old is not None:
-            await conn.execute(self._sql.delete_emb, tenant, doc_id)
+            await conn.execute(self._sql.delete_vectors, tenant, doc_id)
             await conn.execute(
                 "DELETE FROM kb.chunks WHERE tenant_id = $1 AND document_id = $2", tenant, doc_id
             )
@@ -529,7 +607,7 @@ class PgTenantSession:
         )
         if old is None:
             return DeleteResult(False, 0)
-        await conn.execute(self._sql.delete_emb, tenant, document_id)
+        await conn.execute(self._sql.delete_vectors, tenant, document_id)
         status = await conn.execute(
             "DELETE FROM kb.chunks WHERE tenant_id = $1 AND document_id = $2", tenant, document_id
         )
@@ -602,6 +680,107 @@ class PgTenantSession:
             )
             for r in rows
         }
+
+
+    # -- operator commands: re-embedding, export, offboarding -------------------------------
+
+    async def coverage(self) -> SpaceCoverage:
+        """Documents, chunks and vectors in the configured model's table."""
+        row = await self._conn.fetchrow(self._sql.coverage, self._tenant)
+        assert row is not None
+        return SpaceCoverage(int(row["documents"]), int(row["chunks"]), int(row["vectors"]))
+
+    async def reembed_scan(self, after: str | None, limit: int) -> list[ReembedCandidate]:
+        rows = await self._conn.fetch(self._sql.reembed_scan, self._tenant, after, limit)
+        return [
+            ReembedCandidate(
+                document_id=r["document_id"], chunk_count=r["chunk_count"],
+                vectors=int(r["vectors"]), updated_at=r["updated_at"],
+                fingerprint=r["fingerprint"], content_hash=r["content_hash"],
+                content_type=r["content_type"], title=r["title"], metadata=r["metadata"],
+                source_uri=r["source_uri"], embedding_model=r["embedding_model"],
+            )
+            for r in rows
+        ]
+
+    async def chunk_texts(self, document_ids: Sequence[str]) -> dict[str, list[Chunk]]:
+        rows = await self._conn.fetch(
+            "SELECT document_id, chunk_index, heading, body FROM kb.chunks"
+            " WHERE tenant_id = $1 AND document_id = ANY($2::text[])"
+            " ORDER BY document_id, chunk_index",
+            self._tenant, list(document_ids),
+        )
+        out: dict[str, list[Chunk]] = {}
+        for r in rows:
+            out.setdefault(r["document_id"], []).append(
+                Chunk(r["chunk_index"], r["heading"], r["body"])
+            )
+        return out
+
+    async def write_reembedded(
+        self, writes: Sequence[ReembedWrite], model: str
+    ) -> list[str]:
+        """Replace the configured model's vectors of each document that is still at the
+        version it was read at (same updated_at); returns the ids written. Documents changed
+        meanwhile are skipped: their new version was written with fresh vectors."""
+        if not writes:
+            return []
+        conn, tenant = self._conn, self._tenant
+        wanted = {w.document_id: w for w in writes}
+        rows = await conn.fetch(
+            "SELECT document_id, updated_at, chunk_count FROM kb.documents"
+            " WHERE tenant_id = $1 AND document_id = ANY($2::text[])"
+            " ORDER BY document_id FOR UPDATE",
+            tenant, sorted(wanted),
+        )
+        keep = [
+            wanted[r["document_id"]] for r in rows
+            if r["updated_at"] == wanted[r["document_id"]].updated_at
+            and r["chunk_count"] == len(wanted[r["document_id"]].chunk_indexes)
+        ]
+        if not keep:
+            return []
+        ids = [w.document_id for w in keep]
+        await conn.execute(self._sql.create_stage_reembed)
+        await conn.copy_records_to_table(
+            self._sql.stage_reembed,
+            schema_name="pg_temp",
+            columns=("document_id", "chunk_index", "embedding"),
+            records=[
+                (w.document_id, idx, w.vectors[i])
+                for w in keep for i, idx in enumerate(w.chunk_indexes)
+            ],
+        )
+        await conn.execute(self._sql.reembed_delete, tenant, ids)
+        await conn.execute(self._sql.reembed_insert, tenant)
+        await conn.execute(
+            "UPDATE kb.documents d SET embedding_model = $2, fingerprint = u.fingerprint"
+            " FROM unnest($3::text[], $4::text[]) AS u(document_id, fingerprint)"
+            " WHERE d.tenant_id = $1 AND d.document_id = u.document_id",
+            tenant, model, ids, [w.fingerprint for w in keep],
+        )
+        return ids
+
+    async def export_page(self, after: str | None, limit: int) -> list[dict[str, Any]]:
+        """Documents in id order with their chunks (text as stored: heading path and body)."""
+        rows = await self._conn.fetch(
+            f"SELECT {_DOC_COLUMNS},"
+            " coalesce((SELECT jsonb_agg(jsonb_build_object('index', c.chunk_index,"
+            " 'heading', c.heading, 'body', c.body) ORDER BY c.chunk_index)"
+            " FROM kb.chunks c WHERE c.tenant_id = $1 AND c.document_id = d.document_id),"
+            " '[]'::jsonb) AS chunks"
+            " FROM kb.documents d WHERE d.tenant_id = $1"
+            " AND ($2::text IS NULL OR d.document_id > $2) ORDER BY d.document_id LIMIT $3",
+            self._tenant, after, limit,
+        )
+        return [dict(row) for row in rows]
+
+    async def offboard(self, lock_timeout_ms: int) -> dict[str, Any]:
+        """Drop the tenant's partitions and rows (kb.offboard_tenant); what was deleted."""
+        report: dict[str, Any] = await self._conn.fetchval(
+            "SELECT kb.offboard_tenant($1, $2)", self._tenant, lock_timeout_ms
+        )
+        return report
 
 
 def _document(row: Mapping[str, Any]) -> Document:

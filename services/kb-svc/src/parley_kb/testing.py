@@ -145,7 +145,8 @@ async def start_stack(db: KbDatabase, redis_url: str | None, model: Any, *,
     host = await start_test_host(settings, register)
     app = create_admin_app(
         runtime.kb, verifier=TokenVerifier(keys=dict(TEST_KEYS), audience="kb-svc"),
-        max_body_bytes=settings.max_message_bytes,
+        max_body_bytes=settings.max_message_bytes, ops=runtime.ops,
+        operators=settings.kb_operator_callers,
     )
     import httpx
 
