@@ -52,3 +52,24 @@ def test_clock_clamps_jitter_and_continues_after_a_restart() -> None:
     assert clock(5_000) == 1_033_000  # a new timeline: continues where the old one was
     assert clock.restarts == 1
     assert clock(38_000) == 1_066_000
+
+
+def test_settle_keeps_borrow_at_most_the_debt_and_repay_it() -> None:
+    gate = AdaptiveRateGate(speaking_fps=30, idle_fps=5, sustained_fps=1.0, burst=1, settle_debt=1)
+    assert gate.check(0, speaking=False).open
+    gate.record_keep(0)
+    v = gate.check(300 * MS, speaking=False)  # spacing ok, bucket at 0.3: closed, may borrow
+    assert not v.open and v.settle_open
+    gate.record_keep(300 * MS)  # a settle keep: the bucket goes into debt (-0.7)
+    v = gate.check(600 * MS, speaking=False)  # -0.4: no more borrowing
+    assert not v.open and not v.settle_open
+    # The debt is repaid before an ordinary keep: 1.7 tokens' worth of time after the keep.
+    assert not gate.check(1900 * MS, speaking=False).open
+    assert gate.check(2000 * MS, speaking=False).open
+
+
+def test_no_settle_debt_means_the_bucket_decides_alone() -> None:
+    gate = AdaptiveRateGate(speaking_fps=30, idle_fps=5, sustained_fps=1.0, burst=1, settle_debt=0)
+    gate.record_keep(0)
+    v = gate.check(300 * MS, speaking=False)
+    assert not v.open and not v.settle_open

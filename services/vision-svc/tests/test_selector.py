@@ -129,3 +129,43 @@ def test_camera_noise_is_dropped_as_duplicate() -> None:
         data, _ = rgb_to_i420(rgb, noise)
         kinds.append(sel.process(frame(i, i * 1000 / 30, data)).kind)
     assert kinds.count(DecisionKind.KEEP) == 1
+
+
+def _scrolled(page: np.ndarray, offset: int) -> bytes:
+    rgb = np.ascontiguousarray(np.roll(page, -offset, axis=0)[:H])
+    return rgb_to_i420(rgb)[0]
+
+
+@pytest.mark.parametrize("settle_debt", [1, 0])
+def test_the_picture_a_scroll_settles_on_is_kept_at_once(settle_debt: int) -> None:
+    """Continuous change is rate-capped; the frame it stops on is kept within a frame or two
+    (the settle keep borrows from the bucket), unless the tenant turned borrowing off."""
+    page = natural_image(9, W, 3 * H)
+    # A slow sustained rate, so that the bucket is empty when the scroll stops.
+    sel = selector(settle_debt=settle_debt, sustained_fps=0.25)
+    kinds, t = [], 0.0
+    for i in range(60):  # 2 s of scrolling at 30 fps, 6 px a frame
+        t = i * 1000 / 30
+        kinds.append(sel.process(frame(i, t, _scrolled(page, 6 * i))).kind)
+    scroll_keeps = kinds.count(DecisionKind.KEEP)
+    assert scroll_keeps == 2  # the burst of 2, then 0.25 fps: not 5-30 a second
+    rest = _scrolled(page, 6 * 59)
+    after = [sel.process(frame(60 + j, t + (j + 1) * 1000 / 30, rest)) for j in range(45)]
+    first_keep = next((j for j, d in enumerate(after) if d.kind.keeps), None)
+    if settle_debt:
+        # Frame 0 of the rest equals the last scrolled frame: settled; kept within 100 ms.
+        assert first_keep is not None and (first_keep + 1) * 1000 / 30 <= 100
+        assert after[first_keep].reason.startswith("settled after continuous change")
+        # Kept once; the rest is a duplicate of it.
+        assert sum(d.kind.keeps for d in after) == 1
+    else:
+        assert first_keep is None or (first_keep + 1) * 1000 / 30 > 100
+
+
+def test_a_static_screen_never_triggers_settle_checks() -> None:
+    a = i420(4)
+    sel = selector()
+    kinds = [sel.process(frame(i, i * 1000 / 30, a)).kind for i in range(90)]
+    assert kinds.count(DecisionKind.KEEP) == 1
+    assert not any("settled" in sel.process(frame(90 + i, 3000 + i * 33, a)).reason
+                   for i in range(30))

@@ -92,6 +92,10 @@ class WorkerSettings(ServiceSettings):
     agent_stt_threads: int = Field(default=1, ge=1, le=16)
     agent_preload_stt: bool = Field(default=True)
     espeak_binary: str = "espeak-ng"
+    # Word-by-word captions of the agent's speech, paced to its audio: livekit estimates the
+    # speaking rate with an STFT of every TTS frame, ~10% of a session's CPU while the agent
+    # talks (bench/agent). Off: each sentence's caption is sent as soon as it is known.
+    agent_sync_transcription: bool = False
 
     # Vision: frames sent to vision-svc per second at most per track (0: every frame), and the
     # reconnect backoff of a failed frame stream.

@@ -235,6 +235,9 @@ class AssistantRuntime:
                 text_input=room_io.TextInputOptions(text_input_cb=self._on_text_input),
                 # 16 kHz is what the VAD and the STT models take: one resampling step, not two
                 audio_input=room_io.AudioInputOptions(sample_rate=16000),
+                text_output=room_io.TextOutputOptions(
+                    sync_transcription=self.settings.agent_sync_transcription
+                ),
             ),
         )
         if self.profile.agent.video_enabled:

@@ -12,6 +12,11 @@ Two limits apply together:
 * a token bucket of `burst` frames refilled at `sustained_fps`: isolated changes (a slide, a
   pop-up, a few keystrokes) go out at once, while continuous change (scrolling, typing, a
   moving pointer) settles at `sustained_fps` instead of 5-30 frames a second.
+
+When continuous change stops (the scroll ends, the pointer rests) the picture it settled on is
+the one worth having, now rather than when the bucket refills: a *settle* keep may borrow up to
+`settle_debt` tokens ahead (the minimum spacing still applies), repaid from later refills, so
+the long-run rate stays `sustained_fps`.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ class GateVerdict:
     open: bool
     min_interval_us: int
     since_keep_us: int
+    # The minimum spacing allows a keep and a settle keep may borrow a token: closed only by
+    # the sustained-rate bucket, within its debt limit.
+    settle_open: bool = False
 
 
 class AdaptiveRateGate:
@@ -42,11 +50,13 @@ class AdaptiveRateGate:
         idle_fps: float,
         sustained_fps: float = 2.0,
         burst: int = 3,
+        settle_debt: int = 1,
     ) -> None:
         self.speaking_fps = speaking_fps
         self.idle_fps = idle_fps
         self.sustained_fps = sustained_fps
         self.burst = burst
+        self.settle_debt = settle_debt
         self._last_keep_us: int | None = None
         self._tokens = float(burst)
         self._tokens_at_us: int | None = None
@@ -69,11 +79,15 @@ class AdaptiveRateGate:
         if self._last_keep_us is None:
             return GateVerdict(True, interval, 0)
         since = t_us - self._last_keep_us
-        ok = since + _SLACK_US >= interval and self._tokens_at(t_us) >= 1.0
-        return GateVerdict(ok, interval, since)
+        spaced = since + _SLACK_US >= interval
+        tokens = self._tokens_at(t_us)
+        ok = spaced and tokens >= 1.0
+        settle = spaced and tokens >= 1.0 - self.settle_debt
+        return GateVerdict(ok, interval, since, settle)
 
     def record_keep(self, t_us: int) -> None:
-        self._tokens = max(0.0, self._tokens_at(t_us) - 1.0)
+        """A keep: one token spent (a settle keep may leave the bucket in debt)."""
+        self._tokens = max(-float(self.settle_debt), self._tokens_at(t_us) - 1.0)
         self._tokens_at_us = t_us
         self._last_keep_us = t_us
 

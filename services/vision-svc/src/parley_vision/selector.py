@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 
 from parley_runtime.errors import ParleyError
 
-from .dedup import ContentKind, FrameDeduplicator
+from . import kernels
+from .dedup import NEAR_EXACT, ContentKind, FrameDeduplicator
 from .encode import EncodedFrame, KeptFrameEncoder, estimate_image_tokens, fit_size
-from .frames import FrameDecoder, FrameLayout, RawFrame
+from .frames import FloatArray, FrameDecoder, FrameLayout, RawFrame
 from .phash import FrameSignature, compute_signature
 from .rate import AdaptiveRateGate, StreamClock
 from .stats import FrameStats
@@ -95,7 +96,13 @@ class TrackFrameSelector:
             idle_fps=config.idle_fps,
             sustained_fps=config.sustained_fps,
             burst=config.keep_burst,
+            settle_debt=config.settle_debt,
         )
+        # Screens only (a camera's noise never settles): a frame was dropped for rate without
+        # being compared, so the picture may have moved on from the kept one; and the previous
+        # frame's cell means when they were computed, to see the picture stop moving.
+        self._unseen_change = False
+        self._prev_cells: FloatArray | None = None
         self._clock = StreamClock()
         self._staleness_us = int(config.max_staleness_s * 1_000_000)
         self.stats = FrameStats()
@@ -135,7 +142,13 @@ class TrackFrameSelector:
         )
         if not stale:
             verdict = self._gate.check(t, speaking=frame.speaking)
+            if not verdict.open and verdict.settle_open and self._unseen_change:
+                settled = self._settled_decision(frame, layout, t)
+                if settled is not None:
+                    return settled
             if not verdict.open:
+                if self.kind is ContentKind.SCREEN:
+                    self._unseen_change = True
                 self._bump("dropped_rate")
                 state = "speaking" if frame.speaking else "idle"
                 fps = self.config.speaking_fps if frame.speaking else self.config.idle_fps
@@ -159,6 +172,7 @@ class TrackFrameSelector:
             cells = self._decoder.luma_cells(layout)
         except ParleyError as exc:
             return self._reject(frame, exc)
+        self._prev_cells = cells
         report, sig = self._dedup.check(cells, layout.width, layout.height, t)
         if report.changed:
             kind = DecisionKind.KEEP
@@ -181,6 +195,41 @@ class TrackFrameSelector:
             layout=layout, signature=sig, stream_time_us=t,
         )
 
+    def _settled_decision(
+        self, frame: FrameInput, layout: FrameLayout, t: int
+    ) -> FrameDecision | None:
+        """While frames go unexamined because of the sustained rate (a screen in continuous
+        change), look for the moment the picture stops moving: a frame equal to the one before
+        it. If that settled picture differs from the kept one it is kept now (a settle keep,
+        borrowing from the rate bucket); if not, nothing is pending any more. None: not
+        settled (or not decidable), the caller drops the frame for rate."""
+        try:
+            cells = self._decoder.luma_cells(layout)
+        except ParleyError:
+            return None
+        prev, self._prev_cells = self._prev_cells, cells
+        if prev is None or prev.shape != cells.shape:
+            return None
+        if kernels.max_abs_diff(cells, prev) > NEAR_EXACT:
+            return None
+        report, sig = self._dedup.check(cells, layout.width, layout.height, t)
+        if not report.changed:
+            self._unseen_change = False
+            self._bump("dropped_duplicate")
+            return FrameDecision(
+                frame.sequence, frame.timestamp_us, DecisionKind.DROP_DUPLICATE,
+                f"settled on the kept picture; {report.reason}",
+                hamming=report.hamming, changed_tiles=report.changed_tiles, stream_time_us=t,
+            )
+        if sig is None:
+            sig = compute_signature(cells, layout.width, layout.height)
+        return FrameDecision(
+            frame.sequence, frame.timestamp_us, DecisionKind.KEEP,
+            f"settled after continuous change: {report.reason}",
+            hamming=report.hamming, changed_tiles=report.changed_tiles,
+            layout=layout, signature=sig, stream_time_us=t,
+        )
+
     def encode(self, decision: FrameDecision) -> EncodedFrame:
         """JPEG of a kept frame (CPU-bound, touches no selector state: safe in a thread)."""
         assert decision.layout is not None
@@ -195,6 +244,7 @@ class TrackFrameSelector:
         assert decision.signature is not None
         self._dedup.accept(decision.signature, decision.stream_time_us)
         self._gate.record_keep(decision.stream_time_us)
+        self._unseen_change = False
         self._bump("kept" if decision.kind is DecisionKind.KEEP else "kept_stale_forced")
         self._bump("bytes_sent", encoded.byte_size)
         self._bump("image_tokens_sent", encoded.estimated_image_tokens)

@@ -28,6 +28,9 @@ class VisionConfig(BaseModel):
     # after a burst of `keep_burst` frames at the rates above: a token bucket.
     sustained_fps: float = Field(default=1.5, ge=0.1, le=60.0)
     keep_burst: int = Field(default=2, ge=1, le=30)
+    # When a screen stops changing, its settled picture is kept at once, borrowing up to this
+    # many frames from the sustained rate (0: wait for the rate like any other frame).
+    settle_debt: int = Field(default=1, ge=0, le=10)
     # Global pHash Hamming distance above which a frame is new (seed: 10 of 64 bits).
     hamming_threshold: int = Field(default=10, ge=0, le=32)
     # Per-tile pHash distance above which a region changed.
