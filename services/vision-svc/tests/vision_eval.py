@@ -284,12 +284,48 @@ class CorpusResult:
         return next(s for s in self.scores if s.sequence == sequence and s.policy == policy)
 
 
-def run_corpus(sequences: list[Sequence]) -> CorpusResult:
+# Changes that arrive one after another faster than the sustained rate (a keystroke in a run
+# of typing, a step of a scroll or of a moving pointer): their latency is what the tenant's
+# `sustained_fps` buys. Every other change is discrete (a slide, a pop-up, a picture that
+# settles, something held up to the camera).
+CONTINUOUS = frozenset({"keystroke", "scroll-motion", "cursor-motion"})
+
+
+def latency_by_class(scores: list[Score], seqs: dict[str, Sequence]) -> list[dict[str, object]]:
+    """Latency of discrete vs continuous changes, per policy."""
+    out = []
+    for policy in dict.fromkeys(s.policy for s in scores):
+        lat: dict[bool, list[float]] = {True: [], False: []}
+        for sc in scores:
+            if sc.policy != policy:
+                continue
+            seq = seqs[sc.sequence]
+            kept = np.asarray(sc.kept_us, dtype=np.int64)
+            for ev in seq.events:
+                i = int(np.searchsorted(kept, ev.start_us - ev.early_us, side="left"))
+                if i < len(kept) and (ev.end_us is None or kept[i] < ev.end_us):
+                    first = max(int(kept[i]), ev.start_us)
+                    lat[ev.category in CONTINUOUS].append((first - ev.start_us) / 1000)
+        row: dict[str, object] = {"policy": policy}
+        for cont, label in ((False, "discrete"), (True, "continuous")):
+            v = lat[cont]
+            row[f"{label} n"] = len(v)
+            row[f"{label} p50 ms"] = f"{_pct(v, 50):.0f}"
+            row[f"{label} p95 ms"] = f"{_pct(v, 95):.0f}"
+            row[f"{label} <= 100 ms"] = f"{sum(x <= 100 for x in v)}/{len(v)}"
+        out.append(row)
+    return out
+
+
+def run_corpus(
+    sequences: list[Sequence], extra: Iterable[tuple[str, VisionConfig]] = ()
+) -> CorpusResult:
     start = time.perf_counter()
     scores: list[Score] = []
     info: dict[str, dict[str, object]] = {}
+    extra = list(extra)
     for seq in sequences:
-        s, i = run_sequence(seq)
+        s, i = run_sequence(seq, extra)
         scores += s
         info[seq.name] = i
     return CorpusResult(sequences, scores, info, time.perf_counter() - start)
@@ -328,6 +364,15 @@ def render_report(result: CorpusResult) -> str:
         "## Totals",
         "",
         table(totals(result.scores)),
+        "",
+        "## Latency: discrete vs continuous changes",
+        "",
+        "Continuous changes (" + ", ".join(sorted(CONTINUOUS)) + ") come faster than the",
+        "sustained rate allows frames, so their latency is the price of not sending 5-30",
+        "frames a second; `sustained_fps` sets it per tenant (the extra rows, if any, show",
+        "other settings on the same frames).",
+        "",
+        table(latency_by_class(result.scores, seqs)),
         "",
         "## Per sequence",
         "",
