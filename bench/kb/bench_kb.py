@@ -3,7 +3,9 @@
 (a) recall@10 against exact search and latency for the largest tenant, a median one, one with
     0.5% of the rows and one with 0.01%, at N chunks across 100 tenants with clustered vectors,
     through kb-svc's own store (app role, RLS, per-tenant LIST partitions each with an HNSW
-    index, asyncpg prepared statements and their generic plans);
+    index, asyncpg prepared statements and their generic plans), interleaved query by query
+    with the store's previous session path (BEGIN, binding, query, COMMIT: four round trips),
+    after a warm-up pass (the first pass after the index build is reported apart: cold);
 (b) the same queries through the seed's approach (one global HNSW index + tenant filter,
     ef_search 40) and through pgvector 0.8 iterative scans on that global index;
 (c) ingestion chunks/s with the local model (extract, chunk, embed, COPY+INSERT), against
@@ -53,6 +55,8 @@ class Result:
     recalls: list[float] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
     server_ms: list[float] = field(default_factory=list)
+    plan_ms: list[float] = field(default_factory=list)
+    cold_ms: list[float] = field(default_factory=list)  # first pass after the index build
     short: int = 0
 
     @property
@@ -67,6 +71,9 @@ class Result:
 
     def server_cell(self, q: float) -> str:
         return f"{self.server_pct(q):>7.2f}" if self.server_ms else f"{'-':>7}"
+
+    def plan_cell(self) -> str:
+        return f"{float(np.percentile(self.plan_ms, 50)):>7.2f}" if self.plan_ms else f"{'-':>7}"
 
 
 def tenant_sizes(total: int, count: int = 100) -> list[Tenant]:
@@ -201,50 +208,80 @@ async def bulk_load(admin_dsn: str, table: str, tenants: list[Tenant],
 
 
 QueryFn = Callable[[str, np.ndarray], Awaitable[list[int]]]
-ExplainFn = Callable[[str, np.ndarray], Awaitable[float]]
+ExplainFn = Callable[[str, np.ndarray], Awaitable[tuple[float, float]]]
 
 
 async def explain_ms(conn: asyncpg.Connection, settings_sql: str, settings_args: list[Any],
-                     sql: str, args: list[Any]) -> float:
-    """Server-side execution time of one query (EXPLAIN ANALYZE, same settings, custom plan):
-    the database's share of the latency, apart from the client and the scheduler."""
+                     sql: str, args: list[Any]) -> tuple[float, float]:
+    """Server-side planning and execution time of one query (EXPLAIN ANALYZE, same settings,
+    custom plan): the database's share of the latency, apart from the client and the
+    scheduler."""
     async with conn.transaction():
         await conn.execute(settings_sql, *settings_args)
-        plan = await conn.fetchval("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + sql, *args)
+        plan = await conn.fetchval(
+            "EXPLAIN (ANALYZE, TIMING OFF, SUMMARY ON, FORMAT JSON) " + sql, *args)
     data = json.loads(plan) if isinstance(plan, str) else plan
-    return float(data[0]["Execution Time"])
+    return float(data[0]["Planning Time"]), float(data[0]["Execution Time"])
 
 
-async def measure(strategy: str, fn: QueryFn, tenant: Tenant, queries: np.ndarray,
-                  vectors: np.ndarray, explain: ExplainFn | None = None) -> Result:
-    result = Result(strategy, tenant)
-    for q in queries[: min(20, len(queries))]:  # warm caches and plan caches
-        await fn(tenant.tenant_id, q)
-    for q in queries:
+async def warm_up(fn: QueryFn, tenant: Tenant, warmup: np.ndarray) -> list[float]:
+    """Queries of their own (not the measured ones) through `fn`: buffer cache, plan caches.
+    Returns their latencies: right after the index build that is the cold first pass."""
+    out = []
+    for q in warmup:
         t0 = time.perf_counter()
-        got = await fn(tenant.tenant_id, q)
-        result.latencies_ms.append((time.perf_counter() - t0) * 1000)
+        await fn(tenant.tenant_id, q)
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+async def measure(strategies: dict[str, QueryFn], tenant: Tenant, queries: np.ndarray,
+                  vectors: np.ndarray, explain: ExplainFn | None = None) -> list[Result]:
+    """The strategies query by query, in an order rotating per query, so none of them always
+    meets pages another one just read, and load on the machine hits them alike."""
+    results = {label: Result(label, tenant) for label in strategies}
+    order = list(strategies.items())
+    for i, q in enumerate(queries):
         truth = exact_top(vectors, tenant, q)
-        result.recalls.append(len(set(got) & set(truth)) / len(truth))
-        if len(got) < len(truth):
-            result.short += 1
+        k = i % len(order)
+        for label, fn in order[k:] + order[:k]:
+            t0 = time.perf_counter()
+            got = await fn(tenant.tenant_id, q)
+            result = results[label]
+            result.latencies_ms.append((time.perf_counter() - t0) * 1000)
+            result.recalls.append(len(set(got) & set(truth)) / len(truth))
+            if len(got) < len(truth):
+                result.short += 1
     if explain is not None:
+        first = results[order[0][0]]
         for q in queries[:50]:
-            result.server_ms.append(await explain(tenant.tenant_id, q))
-    return result
+            plan_ms, exec_ms = await explain(tenant.tenant_id, q)
+            first.plan_ms.append(plan_ms)
+            first.server_ms.append(exec_ms)
+    return list(results.values())
+
+
+def round_trips(conn: asyncpg.Connection) -> int:
+    """Messages the connection sent and waited for (asyncpg's own counter)."""
+    raw = getattr(conn, "_con", conn)  # a pool's proxy wraps the connection
+    return int(raw._protocol.queries_count)
 
 
 async def search_benchmarks(admin_dsn: str, app_dsn: str, tenants: list[Tenant],
                             vectors: np.ndarray, n_queries: int, ef_values: list[int],
-                            rng: np.random.Generator, extra: dict[str, np.ndarray]
-                            ) -> list[Result]:
+                            rng: np.random.Generator, extra: dict[str, np.ndarray],
+                            n_warmup: int) -> tuple[list[Result], dict[str, int]]:
     from parley_kb.store import _KNN_ON, PgKnowledgeStore, init_connection
 
     chosen = [t for t in tenants if t.label]
     chosen.sort(key=lambda t: -t.rows)
     queries = {t.tenant_id: queries_for(rng, t, extra, n_queries, vectors.shape[1])
                for t in chosen}
+    warmups = {t.tenant_id: queries_for(rng, t, extra, n_warmup, vectors.shape[1])
+               for t in chosen}
     results: list[Result] = []
+    counted: dict[str, int] = {}
+    cold_done = False
 
     def key_of(doc_chunk: tuple[str, int]) -> int:
         return doc_chunk[1]
@@ -253,16 +290,31 @@ async def search_benchmarks(admin_dsn: str, app_dsn: str, tenants: list[Tenant],
     await init_connection(app_conn)
     rows = {t.tenant_id: t.rows for t in tenants}
     for ef in ef_values:
+        # Two connections: a read-only session commits and returns its connection after the
+        # caller has its rows, and the next search takes the other one, as in the service
+        # (pool of 10 by default).
         store = await PgKnowledgeStore.connect(app_dsn, model=MODEL, dimensions=vectors.shape[1],
-                                               min_size=1, max_size=1, ef_search=ef)
+                                               min_size=2, max_size=2, ef_search=ef)
         try:
             async def service(tenant_id: str, q: np.ndarray, store: Any = store) -> list[int]:
-                async with store.session(tenant_id, knn=True) as s:
+                async with store.session(tenant_id, knn=True, read_only=True) as s:
                     hits = await s.vector_candidates(q, K, None, False)
                 return [key_of(k) for k, _ in hits]
 
+            async def previous(tenant_id: str, q: np.ndarray, store: Any = store) -> list[int]:
+                """The store's session before the round-trip cut (ef_search cached): BEGIN,
+                binding with bind parameters, query, COMMIT, each awaited."""
+                async with store.pool.acquire() as conn, conn.transaction():
+                    await conn.execute(
+                        "SELECT set_config('app.tenant_id', $1, true),"
+                        " set_config('hnsw.ef_search', $2, true),"
+                        " set_config('hnsw.iterative_scan', 'relaxed_order', true)" + _KNN_ON,
+                        tenant_id, str(store.ef_for(rows[tenant_id])))
+                    found = await conn.fetch(store._sql.vector, tenant_id, q, K)
+                return [key_of((r["document_id"], r["chunk_index"])) for r in found]
+
             async def service_explain(tenant_id: str, q: np.ndarray, store: Any = store
-                                      ) -> float:
+                                      ) -> tuple[float, float]:
                 ef_used = store.ef_for(rows[tenant_id])  # what the service uses for this size
                 return await explain_ms(
                     app_conn,
@@ -271,11 +323,21 @@ async def search_benchmarks(admin_dsn: str, app_dsn: str, tenants: list[Tenant],
                     " set_config('hnsw.iterative_scan', 'relaxed_order', true)" + _KNN_ON,
                     [tenant_id, str(ef_used)], store._sql.vector, [tenant_id, q, K])
 
+            if not counted:
+                counted = await count_round_trips(store, chosen[-1], queries, service, previous)
             for t in chosen:
                 # "base -> used": the service scales ef_search with the partition's size
-                label = f"kb-svc partitions (ef_search {ef} -> {store.ef_for(t.rows)})"
-                results.append(await measure(label, service, t, queries[t.tenant_id], vectors,
-                                             service_explain))
+                used = store.ef_for(t.rows)
+                cold = await warm_up(service, t, warmups[t.tenant_id])
+                await warm_up(previous, t, warmups[t.tenant_id][:20])
+                measured = await measure(
+                    {f"kb-svc partitions (ef_search {ef} -> {used})": service,
+                     f"kb-svc, previous session path (ef_search {ef} -> {used})": previous},
+                    t, queries[t.tenant_id], vectors, service_explain)
+                if not cold_done:
+                    measured[0].cold_ms = cold
+                results.extend(measured)
+            cold_done = True
         finally:
             await store.close()
     await app_conn.close()
@@ -300,10 +362,38 @@ async def search_benchmarks(admin_dsn: str, app_dsn: str, tenants: list[Tenant],
             for t in chosen:
                 # No server column here: EXPLAIN would plan with the tenant as a constant,
                 # where asyncpg's prepared statement runs a generic plan after five calls.
-                results.append(await measure(label, baseline, t, queries[t.tenant_id], vectors))
+                cold = await warm_up(baseline, t, warmups[t.tenant_id])
+                [base_result] = await measure({label: baseline}, t, queries[t.tenant_id],
+                                              vectors)
+                base_result.cold_ms = cold
+                results.append(base_result)
     finally:
         await conn.close()
-    return results
+    return results, counted
+
+
+async def count_round_trips(store: Any, tenant: Tenant, queries: dict[str, np.ndarray],
+                            service: QueryFn, previous: QueryFn) -> dict[str, int]:
+    """Round trips of one vector search on each path: those the caller waits for, and all
+    of them (the new path commits after the caller has its rows)."""
+    q = queries[tenant.tenant_id][0]
+    await service(tenant.tenant_id, q)  # sizes cached, statements prepared
+    await previous(tenant.tenant_id, q)
+    await store.settle()
+    out: dict[str, int] = {}
+    for name, fn in (("service", service), ("previous", previous)):
+        proxies = [await store.pool.acquire() for _ in range(2)]
+        raws = [p._con for p in proxies]
+        before = [round_trips(c) for c in raws]
+        for p in proxies:
+            await store.pool.release(p)
+        await fn(tenant.tenant_id, q)
+        out[f"round_trips_{name}_awaited"] = sum(
+            round_trips(c) - b for c, b in zip(raws, before, strict=True))
+        await store.settle()
+        out[f"round_trips_{name}_total"] = sum(
+            round_trips(c) - b for c, b in zip(raws, before, strict=True))
+    return out
 
 
 def _markdown_docs(count: int) -> list[str]:
@@ -420,16 +510,28 @@ async def ingest_benchmark(admin_dsn: str, app_dsn: str, docs: int) -> dict[str,
 
 
 def table(results: list[Result]) -> str:
-    head = (f"| {'strategy':<52} | {'tenant':<8} | {'rows':>7} | {'recall@10':>9} |"
-            f" {'short':>5} | {'p50 ms':>7} | {'p99 ms':>7} | {'db p50':>7} | {'db p99':>7} |")
+    head = (f"| {'strategy':<58} | {'tenant':<8} | {'rows':>7} | {'recall@10':>9} |"
+            f" {'short':>5} | {'p50 ms':>7} | {'p99 ms':>7} | {'db p50':>7} | {'db p99':>7} |"
+            f" {'plan':>7} |")
     sep = "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"
     lines = [head, sep]
     for r in results:
         lines.append(
-            f"| {r.strategy:<52} | {r.tenant.label:<8} | {r.tenant.rows:>7} | {r.recall:>9.3f} |"
+            f"| {r.strategy:<58} | {r.tenant.label:<8} | {r.tenant.rows:>7} | {r.recall:>9.3f} |"
             f" {r.short / max(1, len(r.recalls)):>5.0%} | {r.pct(50):>7.2f} | {r.pct(99):>7.2f} |"
-            f" {r.server_cell(50)} | {r.server_cell(99)} |"
+            f" {r.server_cell(50)} | {r.server_cell(99)} | {r.plan_cell()} |"
         )
+    return "\n".join(lines)
+
+
+def cold_table(results: list[Result]) -> str:
+    lines = [f"| {'strategy':<58} | {'tenant':<8} | {'cold p50':>8} | {'cold p99':>8} |",
+             f"|{'-' * 60}|{'-' * 10}|{'-' * 10}|{'-' * 10}|"]
+    for r in results:
+        if r.cold_ms:
+            lines.append(f"| {r.strategy:<58} | {r.tenant.label:<8} |"
+                         f" {np.percentile(r.cold_ms, 50):>8.2f} |"
+                         f" {np.percentile(r.cold_ms, 99):>8.2f} |")
     return "\n".join(lines)
 
 
@@ -461,8 +563,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         table_name = await setup_database(admin_dsn, tenants, args.dim)
         timings = await bulk_load(admin_dsn, table_name, tenants, vectors)
         log("measuring search")
-        results = await search_benchmarks(admin_dsn, app_dsn, tenants, vectors, args.queries,
-                                          args.ef, rng, extra)
+        results, counted = await search_benchmarks(admin_dsn, app_dsn, tenants, vectors,
+                                                   args.queries, args.ef, rng, extra,
+                                                   args.warmup)
         log("measuring ingestion")
         ingest = await ingest_benchmark(admin_dsn, app_dsn, args.ingest_docs)
     finally:
@@ -470,11 +573,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
 
     print(f"\nkb-svc search: {total} chunks, {len(tenants)} tenants, {args.dim}-d clustered "
-          f"vectors, {args.queries} queries per tenant, top-{K}. p50/p99: the whole search "
-          "transaction seen by the client; db: kb-svc's query alone on the server (EXPLAIN "
-          "ANALYZE, same settings and plan, first 50 queries). short: share of queries that "
-          "got fewer rows than exact search.")
+          f"vectors, {args.queries} queries per tenant after {args.warmup} warm-up queries, "
+          f"top-{K}. p50/p99: the whole search transaction seen by the client; db: kb-svc's "
+          "query alone on the server (EXPLAIN ANALYZE, same settings and plan, first 50 "
+          "queries), plan: its planning time (p50). short: share of queries that got fewer "
+          "rows than exact search. kb-svc's rows and the previous session path's are "
+          "measured interleaved, query by query.")
     print(table(results))
+    print(f"\nround trips per vector search: kb-svc {counted['round_trips_service_awaited']} "
+          f"awaited by the caller ({counted['round_trips_service_total']} in all, the COMMIT "
+          f"after the caller has its rows); previous session path "
+          f"{counted['round_trips_previous_awaited']}")
+    print(f"\ncold: the {args.warmup} warm-up queries right after the index build (HNSW pages "
+          "not yet in shared buffers; each strategy's first pass over its index):")
+    print(cold_table(results))
     print(f"\nbuild: COPY {timings['copy_s']:.1f}s (both layouts), per-tenant HNSW "
           f"{timings['partition_index_s']:.1f}s, global HNSW {timings['global_index_s']:.1f}s")
     print(f"\ningestion, local model, {ingest['ingest_docs']:.0f} Markdown docs, "
@@ -492,18 +604,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
           f"on {os.cpu_count()} cores")
 
     metrics: dict[str, Any] = {"chunks": total, "tenants": len(tenants), "dim": args.dim}
-    short = {"kb-svc partitions": "partitions", "seed: global": "seed",
-             "global HNSW + iterative": "iterative"}
+    short = {"kb-svc partitions": "partitions", "kb-svc, previous": "previous",
+             "seed: global": "seed", "global HNSW + iterative": "iterative"}
+    metrics.update(counted)
     for r in results:
         prefix = next(v for k, v in short.items() if r.strategy.startswith(k))
-        if prefix == "partitions":
+        if prefix in ("partitions", "previous"):
             prefix += "_ef" + r.strategy.split("ef_search ")[1].split(" ")[0]
         label = r.tenant.label.replace("%", "pct").replace(".", "_")
         metrics[f"{prefix}_recall10_{label}"] = round(r.recall, 4)
         metrics[f"{prefix}_p50_ms_{label}"] = round(r.pct(50), 3)
         metrics[f"{prefix}_p99_ms_{label}"] = round(r.pct(99), 3)
         if r.server_ms:
+            metrics[f"{prefix}_db_p50_ms_{label}"] = round(r.server_pct(50), 3)
             metrics[f"{prefix}_db_p99_ms_{label}"] = round(r.server_pct(99), 3)
+            metrics[f"{prefix}_plan_p50_ms_{label}"] = round(
+                float(np.percentile(r.plan_ms, 50)), 3)
+        if r.cold_ms:
+            metrics[f"{prefix}_cold_p50_ms_{label}"] = round(
+                float(np.percentile(r.cold_ms, 50)), 3)
+            metrics[f"{prefix}_cold_p99_ms_{label}"] = round(
+                float(np.percentile(r.cold_ms, 99)), 3)
     metrics.update({k: round(v, 1) for k, v in ingest.items()})
     metrics.update({k: round(v, 1) for k, v in timings.items()})
     metrics["wall_s"] = round(time.perf_counter() - started, 1)
@@ -520,6 +641,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--clusters", type=int, default=1000)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=200,
+                        help="warm-up queries per tenant and strategy (their own queries)")
     parser.add_argument("--ef", type=int, nargs="+", default=[40, 100],
                         help="ef_search values for kb-svc's partitions")
     parser.add_argument("--ingest-docs", type=int, default=200)

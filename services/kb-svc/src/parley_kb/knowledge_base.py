@@ -150,9 +150,10 @@ class TenantSession(Protocol):
 
 class KnowledgeStore(Protocol):
     def session(
-        self, tenant_id: str, *, knn: bool = False
+        self, tenant_id: str, *, knn: bool = False, read_only: bool = False
     ) -> AbstractAsyncContextManager[TenantSession]:
-        """A transaction bound to the tenant; `knn` hints that it starts with a vector search."""
+        """A transaction bound to the tenant; `knn` hints that it starts with a vector search;
+        `read_only` says it writes nothing (it may then commit after the caller moved on)."""
         ...
 
     async def ensure_tenant(self, tenant_id: str) -> None: ...
@@ -217,7 +218,7 @@ class KnowledgeBase:
 
     async def usage(self, tenant_id: str) -> tuple[TenantUsage, TenantLimits]:
         limits = self.tenants.limits(tenant_id)
-        async with self.store.session(tenant_id) as session:
+        async with self.store.session(tenant_id, read_only=True) as session:
             return await session.usage(), limits
 
     # -- ingestion ----------------------------------------------------------------------------
@@ -259,7 +260,7 @@ class KnowledgeBase:
         await self._ensure_tenant(tenant_id)
 
         stored: dict[str, np.ndarray] = {}
-        async with self.store.session(tenant_id) as session:
+        async with self.store.session(tenant_id, read_only=True) as session:
             state, usage = await session.ingest_state(doc.document_id)
             # Unchanged: same version, and the configured model's table holds all of its
             # vectors (after a model change it does not until `reembed` or a write adds them).
@@ -325,7 +326,7 @@ class KnowledgeBase:
     async def get_document(self, tenant_id: str, document_id: str) -> Document:
         self.tenants.limits(tenant_id)
         _validate_document_id(document_id)
-        async with self.store.session(tenant_id) as session:
+        async with self.store.session(tenant_id, read_only=True) as session:
             found = await session.get_document(document_id)
         if found is None:
             raise NotFound(f"no document {document_id!r}")
@@ -339,7 +340,7 @@ class KnowledgeBase:
             raise InvalidArgument("page_size must not be negative")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         after = _decode_page_token(page_token) if page_token else None
-        async with self.store.session(tenant_id) as session:
+        async with self.store.session(tenant_id, read_only=True) as session:
             docs = await session.list_documents(after, size + 1)
         next_token = ""
         if len(docs) > size:
@@ -397,7 +398,7 @@ class KnowledgeBase:
 
         filtered = bool(metadata_filter or query.document_ids)
         knn_first = vector is not None and not filtered
-        async with self.store.session(tenant_id, knn=knn_first) as session:
+        async with self.store.session(tenant_id, knn=knn_first, read_only=True) as session:
             doc_filter: list[str] | None = None
             exact = False
             if filtered:

@@ -90,7 +90,7 @@ class OffboardReport:
 
 
 def check_tenant_id(tenant_id: str) -> str:
-    if not isinstance(tenant_id, str) or not TENANT_ID_RE.match(tenant_id):
+    if not isinstance(tenant_id, str) or not TENANT_ID_RE.fullmatch(tenant_id):
         raise InvalidArgument("tenant id must match ^[a-z0-9][a-z0-9-]{0,62}$")
     return tenant_id
 
@@ -124,7 +124,7 @@ class KbOperations:
         configured = set(self.kb.tenants.ids())
         out = []
         for tenant_id in tenant_ids or await self.stored_tenants():
-            async with self.store.session(check_tenant_id(tenant_id)) as session:
+            async with self.store.session(check_tenant_id(tenant_id), read_only=True) as session:
                 coverage = await session.coverage()
             out.append(TenantStatus(tenant_id, tenant_id in configured, self.model, coverage))
         return out
@@ -152,7 +152,7 @@ class KbOperations:
                     f"a re-embedding of tenant {tenant_id!r} with {self.model} is already "
                     "running (another process or request); wait for it to finish"
                 )
-            async with self.store.session(tenant_id) as session:
+            async with self.store.session(tenant_id, read_only=True) as session:
                 start = await session.coverage()
             report.documents, report.chunks = start.documents, start.chunks
             report.already_done = start.vectors
@@ -162,7 +162,7 @@ class KbOperations:
             batch: list[ReembedCandidate] = []
             batch_size = 0
             while True:
-                async with self.store.session(tenant_id) as session:
+                async with self.store.session(tenant_id, read_only=True) as session:
                     page = await session.reembed_scan(after, SCAN_PAGE_DOCUMENTS)
                 if not page:
                     break
@@ -177,7 +177,7 @@ class KbOperations:
                         batch, batch_size = [], 0
             if batch:
                 await self._reembed_batch(tenant_id, batch, report, start, progress)
-            async with self.store.session(tenant_id) as session:
+            async with self.store.session(tenant_id, read_only=True) as session:
                 report.remaining = (await session.coverage()).missing
         report.seconds = round(time.perf_counter() - started, 3)
         logger.info("re-embedding finished", extra=report.as_dict())
@@ -191,7 +191,7 @@ class KbOperations:
         start: SpaceCoverage,
         progress: ProgressFn | None,
     ) -> None:
-        async with self.store.session(tenant_id) as session:
+        async with self.store.session(tenant_id, read_only=True) as session:
             chunks = await session.chunk_texts([d.document_id for d in batch])
         docs = []
         texts: list[str] = []
@@ -247,7 +247,7 @@ class KbOperations:
         check_tenant_id(tenant_id)
         after: str | None = None
         while True:
-            async with self.store.session(tenant_id) as session:
+            async with self.store.session(tenant_id, read_only=True) as session:
                 page = await session.export_page(after, EXPORT_PAGE_DOCUMENTS)
             if not page:
                 return

@@ -10,10 +10,16 @@ holding 0.01% of the rows searches its own small graph instead of filtering a gl
 (bench/kb measures both). Nearest-neighbour queries run with custom plans (pruned to the
 tenant's partition at plan time, whatever asyncpg's prepared-statement cache would switch to)
 and without sequential or bitmap scans; see _KNN_ON.
+
+Round trips: BEGIN, the tenant binding and the planner settings travel in one simple-protocol
+message, and a read-only session's COMMIT (and the connection's return to the pool) happens
+after the caller has its rows, so a vector search waits for two round trips (binding, query)
+where it used to wait for four (BEGIN, binding, query, COMMIT).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -26,7 +32,8 @@ from typing import Any
 
 import asyncpg
 import numpy as np
-from parley_runtime.errors import DeadlineExceeded, Unavailable
+from parley_runtime.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from parley_runtime.tenants import TENANT_ID_RE
 
 from .knowledge_base import (
     ChunkDetails,
@@ -125,13 +132,16 @@ class PgKnowledgeStore:
         self._sql = _Statements(space)
         # Tenant -> (chunks, monotonic time read): sizes ef_search for the tenant's index.
         self._sizes: dict[str, tuple[int, float]] = {}
+        # Read-only sessions finishing (COMMIT, pool release) after their caller moved on.
+        self._finishing: set[asyncio.Task[None]] = set()
 
     def ef_for(self, chunks: int) -> int:
         """ef_search for a tenant's partition: the base value up to `ef_reference_chunks`
         rows, growing with the square root of the size beyond (a 200k-row partition of
-        clustered vectors needs ~200 for recall@10 >= 0.95; bench/kb), at most 1000."""
+        clustered vectors needs ~200 for recall@10 >= 0.95; bench/kb), at most 1000. Rounds
+        half up, like the SQL twin in _EF_FROM_SIZE."""
         scale = math.sqrt(max(chunks, 1) / self.ef_reference_chunks)
-        return int(min(1000, max(self.ef_search, round(self.ef_search * scale))))
+        return int(min(1000, max(self.ef_search, math.floor(self.ef_search * scale + 0.5))))
 
     def _known_ef(self, tenant_id: str) -> int | None:
         cached = self._sizes.get(tenant_id)
@@ -186,15 +196,47 @@ class PgKnowledgeStore:
             raise
         return cls(pool, space, ef_search=ef_search, ef_reference_chunks=ef_reference_chunks)
 
+    async def settle(self) -> None:
+        """Wait until every session has committed or rolled back and released its
+        connection (read-only sessions finish after their caller moved on)."""
+        while self._finishing:
+            await asyncio.gather(*list(self._finishing), return_exceptions=True)
+
     async def close(self) -> None:
+        await self.settle()
         await self.pool.close()
+
+    def bind_sql(self, tenant_id: str, *, knn: bool) -> tuple[str, bool]:
+        """The message that opens a session: BEGIN, the tenant binding (RLS policies read
+        app.tenant_id; is_local ends it with the transaction) and the search settings, in one
+        round trip; and whether the tenant's size must be read for the ef_search cache."""
+        if not TENANT_ID_RE.fullmatch(tenant_id):
+            # Sent as a literal (the simple protocol takes no parameters): only ids of the
+            # tenant-id grammar, which cannot contain a quote, ever reach the SQL text.
+            raise InvalidArgument("invalid tenant id")
+        literal = f"'{tenant_id}'"
+        known_ef = self._known_ef(tenant_id)
+        sql = (
+            f"BEGIN; SELECT set_config('app.tenant_id', {literal}, true),"
+            f" set_config('hnsw.ef_search', '{int(known_ef or self.ef_search)}', true),"
+            " set_config('hnsw.iterative_scan', 'relaxed_order', true)"
+            + (_KNN_ON if knn else "")
+        )
+        if known_ef is None:
+            sql += _EF_FROM_SIZE.format(
+                tenant=literal, base=int(self.ef_search), ref=int(self.ef_reference_chunks)
+            )
+        return sql, known_ef is None
 
     @asynccontextmanager
     async def session(
-        self, tenant_id: str, *, knn: bool = False
+        self, tenant_id: str, *, knn: bool = False, read_only: bool = False
     ) -> AsyncIterator[PgTenantSession]:
         """One transaction bound to `tenant_id`. `knn=True` says its first query is a vector
-        nearest-neighbour search, so the planner settings for it are sent with the binding."""
+        nearest-neighbour search, so the planner settings for it are sent with the binding.
+        `read_only=True` (the session writes nothing) lets it commit after the caller has
+        its results."""
+        bind, learn_size = self.bind_sql(tenant_id, knn=knn)
         try:
             conn = await self.pool.acquire(timeout=_ACQUIRE_TIMEOUT_S)
         except TimeoutError:
@@ -202,28 +244,57 @@ class PgKnowledgeStore:
         except (asyncpg.PostgresConnectionError, asyncpg.TooManyConnectionsError, OSError):
             logger.warning("database unavailable", exc_info=True)
             raise Unavailable("database unavailable; retry") from None
-        known_ef = self._known_ef(tenant_id)
+        done = False
         try:
-            async with conn.transaction():
-                # First statement of the transaction: bind it to the tenant. RLS policies read
-                # app.tenant_id; is_local=true ends the binding with the transaction.
-                await conn.execute(
-                    "SELECT set_config('app.tenant_id', $1, true),"
-                    " set_config('hnsw.ef_search', $2, true),"
-                    " set_config('hnsw.iterative_scan', 'relaxed_order', true)"
-                    + (_KNN_ON if knn else ""),
-                    tenant_id,
-                    str(known_ef or self.ef_search),
-                )
-                yield PgTenantSession(conn, tenant_id, self._sql, knn_mode=knn,
-                                      store=self, ef_known=known_ef is not None)
-        except asyncpg.QueryCanceledError:
-            raise DeadlineExceeded("database statement timed out") from None
-        except (asyncpg.PostgresConnectionError, OSError):
-            logger.warning("database unavailable", exc_info=True)
-            raise Unavailable("database unavailable; retry") from None
+            try:
+                await conn.execute(bind)
+                yield PgTenantSession(conn, tenant_id, self._sql, knn_mode=knn)
+                if not read_only:
+                    # A write commits before the caller hears it succeeded (_end releases
+                    # the connection whatever happens).
+                    done = True
+                    await self._end(conn, tenant_id, learn_size, "COMMIT")
+            except asyncpg.QueryCanceledError:
+                raise DeadlineExceeded("database statement timed out") from None
+            except (asyncpg.PostgresConnectionError, OSError):
+                logger.warning("database unavailable", exc_info=True)
+                raise Unavailable("database unavailable; retry") from None
+            if read_only:
+                # The caller has its rows: COMMIT and return the connection off its path.
+                self._later(conn, tenant_id, learn_size, "COMMIT")
+                done = True
+        finally:
+            if not done:
+                self._later(conn, tenant_id, False, "ROLLBACK")
+
+    async def _end(self, conn: asyncpg.Connection, tenant_id: str, learn_size: bool,
+                   verb: str) -> None:
+        """Finish the transaction (learning the tenant's size first if asked) and release."""
+        try:
+            if not conn.is_closed() and conn.is_in_transaction():
+                if learn_size and verb == "COMMIT":
+                    try:
+                        chunks = await conn.fetchval(
+                            "SELECT chunks FROM kb.tenants WHERE tenant_id = $1", tenant_id
+                        )
+                        self.remember_size(tenant_id, int(chunks or 0))
+                    except asyncpg.PostgresError:  # an aborted transaction: next time
+                        pass
+                await conn.execute(verb)
         finally:
             await self.pool.release(conn)
+
+    def _later(self, conn: asyncpg.Connection, tenant_id: str, learn_size: bool,
+               verb: str) -> None:
+        async def finish() -> None:
+            try:
+                await self._end(conn, tenant_id, learn_size, verb)
+            except Exception:
+                logger.warning("finishing a database session failed", exc_info=True)
+
+        task = asyncio.get_running_loop().create_task(finish())
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
 
     async def ensure_tenant(self, tenant_id: str) -> None:
         """Create the tenant's partitions (SECURITY DEFINER function; acts for this tenant only)."""
@@ -406,6 +477,13 @@ _KNN_ON = (
     ", set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true),"
     " set_config('plan_cache_mode', 'force_custom_plan', true)"
 )
+# ef_search from the tenant's size when this process has not cached it (the SQL twin of
+# PgKnowledgeStore.ef_for), run in the binding message after app.tenant_id is set.
+_EF_FROM_SIZE = (
+    "; SELECT set_config('hnsw.ef_search', least(1000, greatest({base},"
+    " floor({base} * sqrt(greatest(chunks, 1)::float8 / {ref}) + 0.5)))::int::text, true)"
+    " FROM kb.tenants WHERE tenant_id = {tenant}"
+)
 _KNN_OFF = (
     "SELECT set_config('enable_seqscan', 'on', true), set_config('enable_bitmapscan', 'on', true),"
     " set_config('plan_cache_mode', 'auto', true)"
@@ -460,29 +538,11 @@ class PgTenantSession:
         sql: _Statements,
         *,
         knn_mode: bool = False,
-        store: PgKnowledgeStore | None = None,
-        ef_known: bool = True,
     ) -> None:
         self._conn = conn
         self._tenant = tenant_id
         self._sql = sql
         self._knn_mode = knn_mode
-        self._store = store
-        self._ef_known = ef_known or store is None
-
-    async def _size_ef(self) -> None:
-        """Read the tenant's size (cached by the store for a minute) and set ef_search."""
-        if self._ef_known or self._store is None:
-            return
-        chunks = await self._conn.fetchval(
-            "SELECT chunks FROM kb.tenants WHERE tenant_id = $1", self._tenant
-        )
-        chunks = int(chunks or 0)
-        self._store.remember_size(self._tenant, chunks)
-        await self._conn.execute(
-            "SELECT set_config('hnsw.ef_search', $1, true)", str(self._store.ef_for(chunks))
-        )
-        self._ef_known = True
 
     async def _knn(self, on: bool) -> None:
         if on != self._knn_mode:
@@ -651,7 +711,6 @@ class PgTenantSession:
     async def vector_candidates(
         self, vector: np.ndarray, limit: int, document_ids: Sequence[str] | None, exact: bool
     ) -> list[tuple[ChunkKey, float]]:
-        await self._size_ef()
         await self._knn(True)
         if document_ids is None:
             rows = await self._conn.fetch(self._sql.vector, self._tenant, vector, limit)
