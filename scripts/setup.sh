@@ -26,6 +26,9 @@ fi
 step "python workspace (uv sync --frozen)"
 uv sync --all-packages --frozen
 
+step "vision-svc kernels (numba: compiled once, cached beside the sources)"
+.venv/bin/python -c "from parley_vision.kernels import warm_up; warm_up()"
+
 step "livekit-server (go install, cached in $PARLEY_CACHE_DIR/tools)"
 .venv/bin/python -c "from parley_devstack.livekit import ensure_livekit_server as e; print(e())"
 
