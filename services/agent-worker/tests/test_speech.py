@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 
 import pytest
@@ -85,3 +86,42 @@ async def test_offline_stt_streams_through_vad_adapter() -> None:
     await stream.aclose()
     heard = words(" ".join(finals))
     assert {"quarterly", "revenue"} <= heard
+
+
+SENTENCES = [
+    "What is the laptop policy for new hires?",
+    "Can you look at this slide and summarise it?",
+    "How many vacation days do contractors get?",
+    "Who approves travel expenses for the Berlin office in March?",
+    "Yes.",
+    "Please read the second paragraph of the security policy out loud, slowly, and then tell "
+    "me which parts changed since last quarter's version of the document.",
+]
+
+
+@pytest.mark.parametrize("sentence", SENTENCES)
+async def test_short_window_decoding_matches_faster_whisper(sentence: str) -> None:
+    """The fitted encoder window must hear what faster-whisper's 30 s window hears."""
+    import numpy as np
+    from parley_agent.local_stt import _transcribe_short, frames_to_pcm16k, load_whisper
+
+    frames = await synth(sentence, rate_wpm=160)
+    pcm = frames_to_pcm16k(frames)
+    model = load_whisper(1)
+    segments, _ = model.transcribe(
+        pcm, language="en", beam_size=1, vad_filter=False, condition_on_previous_text=False,
+        without_timestamps=True,
+    )
+    full = " ".join(s.text.strip() for s in segments)
+    short, confidence = _transcribe_short(model, pcm, 1)
+
+    def norm(text: str) -> list[str]:
+        return re.findall(r"[a-z]+", text.lower().replace("'", ""))
+
+    # Word for word, up to a word's spelling (quarters / quarter's).
+    similarity = difflib.SequenceMatcher(None, norm(short), norm(full)).ratio()
+    assert similarity >= 0.9, (short, full)
+    assert 0.0 < confidence <= 1.0
+    silence = np.zeros(16000 * 2, dtype=np.float32)
+    quiet, _ = _transcribe_short(model, silence, 1)
+    assert len(quiet.split()) <= 3  # no hallucinated paragraph on silence
