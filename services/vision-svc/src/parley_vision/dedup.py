@@ -275,6 +275,23 @@ class FrameDeduplicator:
         return n, per_tile
 
 
+def is_still(kind: ContentKind, prev: FloatArray, cur: FloatArray, width: int, height: int) -> bool:
+    """Has the picture stopped moving between two consecutive frames? On screens: every cell
+    within NEAR_EXACT. On cameras: no change by the camera rules (noise, flicker and sway
+    allowed; fewer unexplained cells than 1% of the frame)."""
+    if prev.shape != cur.shape:
+        return False
+    delta = kernels.max_abs_diff(cur, prev)
+    if kind is ContentKind.SCREEN:
+        return delta <= NEAR_EXACT
+    if delta <= CAMERA_DELTA:
+        return True
+    geo = geometry(height, width)
+    per_tile = np.zeros(GRID * GRID, dtype=np.int64)
+    n = _unexplained(prev, cur, geo.row_edges, geo.col_edges, kernels.envelope(prev), per_tile)
+    return n < max(CAMERA_MIN_CELLS, CAMERA_MIN_AREA * cur.size)
+
+
 def _gains(
     old: FloatArray, cur: FloatArray, rows: IntArray, cols: IntArray
 ) -> tuple[FloatArray, FloatArray]:

@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 
 from parley_runtime.errors import ParleyError
 
-from . import kernels
-from .dedup import NEAR_EXACT, ContentKind, FrameDeduplicator
+from .dedup import ContentKind, FrameDeduplicator, is_still
 from .encode import EncodedFrame, KeptFrameEncoder, estimate_image_tokens, fit_size
 from .frames import FloatArray, FrameDecoder, FrameLayout, RawFrame
 from .phash import FrameSignature, compute_signature
@@ -98,9 +97,9 @@ class TrackFrameSelector:
             burst=config.keep_burst,
             settle_debt=config.settle_debt,
         )
-        # Screens only (a camera's noise never settles): a frame was dropped for rate without
-        # being compared, so the picture may have moved on from the kept one; and the previous
-        # frame's cell means when they were computed, to see the picture stop moving.
+        # A frame was dropped for rate without being compared, so the picture may have moved
+        # on from the kept one; and the previous frame's cell means when they were computed,
+        # to see the picture stop moving (dedup.is_still).
         self._unseen_change = False
         self._prev_cells: FloatArray | None = None
         self._clock = StreamClock()
@@ -147,8 +146,7 @@ class TrackFrameSelector:
                 if settled is not None:
                     return settled
             if not verdict.open:
-                if self.kind is ContentKind.SCREEN:
-                    self._unseen_change = True
+                self._unseen_change = True
                 self._bump("dropped_rate")
                 state = "speaking" if frame.speaking else "idle"
                 fps = self.config.speaking_fps if frame.speaking else self.config.idle_fps
@@ -208,9 +206,7 @@ class TrackFrameSelector:
         except ParleyError:
             return None
         prev, self._prev_cells = self._prev_cells, cells
-        if prev is None or prev.shape != cells.shape:
-            return None
-        if kernels.max_abs_diff(cells, prev) > NEAR_EXACT:
+        if prev is None or not is_still(self.kind, prev, cells, layout.width, layout.height):
             return None
         report, sig = self._dedup.check(cells, layout.width, layout.height, t)
         if not report.changed:
