@@ -221,7 +221,8 @@ async def test_every_usage_type_is_stored_with_its_price_version(billing: Billin
 
 
 async def test_old_and_late_events_land_in_their_own_day(billing: BillingHarness) -> None:
-    today = dt.datetime.now(dt.UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    # A minute ago (never in the future, whatever the time of day), and 40 days before that.
+    today = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=1)
     late = today - dt.timedelta(days=40)
     async with billing_stub(billing.port) as stub:
         await stub.IngestUsage(_req(llm_event("now", at=today)), metadata=tenant_md("acme"))
