@@ -370,25 +370,32 @@ def start_litellm(binary: Path, tmp: Path, core: int, emulator_url: str) -> tupl
 
 
 async def ratelimit_decisions(redis_url: str, seconds: float) -> dict[str, float]:
+    """Limiter decisions/s from this process: over the router's pipelined connection
+    ("seq", "c64"), and through redis-py's pool ("redispy_seq", "redispy_c64")."""
     from parley_router.policy import PlanLimits
     from parley_router.ratelimit import RedisTokenBuckets, make_redis
+    from parley_router.redis_pipe import PipelinedRedis
 
     client = make_redis(redis_url, timeout_s=2.0)
-    buckets = RedisTokenBuckets(client, op_timeout_s=2.0)
     limits = PlanLimits(requests_per_minute=1e9, tokens_per_minute=1e12)
     out: dict[str, float] = {}
-    async def worker(stop_at: float) -> int:
-        n = 0
-        while time.perf_counter() < stop_at:
-            await buckets.acquire("bench", "anthropic", limits, 100)
-            n += 1
-        return n
+    for prefix, pipe in (("", PipelinedRedis(redis_url, connect_timeout_s=2.0)),
+                         ("redispy_", None)):
+        buckets = RedisTokenBuckets(client, op_timeout_s=2.0, pipe=pipe)
 
-    for label, concurrency in (("seq", 1), ("c64", 64)):
-        t0 = time.perf_counter()
-        stop_at = t0 + seconds / 2
-        counts = await asyncio.gather(*(worker(stop_at) for _ in range(concurrency)))
-        out[label] = sum(counts) / (time.perf_counter() - t0)
+        async def worker(stop_at: float, buckets: RedisTokenBuckets = buckets) -> int:
+            n = 0
+            while time.perf_counter() < stop_at:
+                await buckets.acquire("bench", "anthropic", limits, 100)
+                n += 1
+            return n
+
+        for label, concurrency in (("seq", 1), ("c64", 64)):
+            t0 = time.perf_counter()
+            stop_at = t0 + seconds / 4
+            counts = await asyncio.gather(*(worker(stop_at) for _ in range(concurrency)))
+            out[prefix + label] = sum(counts) / (time.perf_counter() - t0)
+        await buckets.aclose()
     await client.aclose()
     return out
 
@@ -539,8 +546,9 @@ def report(r: dict[str, Any]) -> None:
     rl = r["ratelimit"]
     c = r["classifier"]
     print()
-    print(f"Rate-limit decisions/s (Redis Lua, one round trip): sequential {rl['seq']:.0f}, "
-          f"64 in flight {rl['c64']:.0f}")
+    print(f"Rate-limit decisions/s (Redis Lua, one round trip, pipelined connection as in the "
+          f"router): sequential {rl['seq']:.0f}, 64 in flight {rl['c64']:.0f} (redis-py pool: "
+          f"{rl['redispy_seq']:.0f} and {rl['redispy_c64']:.0f})")
     print(f"Classifier accuracy on the held-out split (n={c['n_test']}): linear-v1 "
           f"{c['model']:.1%} vs seed heuristic {c['seed']:.1%}; p99 {c['p99_us']:.0f} us")
 
@@ -561,6 +569,8 @@ def metrics(r: dict[str, Any]) -> dict[str, Any]:
         "router_rss_mib": tp["rss_mib"],
         "ratelimit_decisions_per_s_seq": r["ratelimit"]["seq"],
         "ratelimit_decisions_per_s_c64": r["ratelimit"]["c64"],
+        "ratelimit_redispy_decisions_per_s_seq": r["ratelimit"]["redispy_seq"],
+        "ratelimit_redispy_decisions_per_s_c64": r["ratelimit"]["redispy_c64"],
         "classifier_accuracy": r["classifier"]["model"],
         "seed_heuristic_accuracy": r["classifier"]["seed"],
         "classifier_p99_us": r["classifier"]["p99_us"],

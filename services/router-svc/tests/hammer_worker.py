@@ -1,6 +1,7 @@
 """One 'replica' hammering the shared rate limiter (run as a separate process by the tests).
 
-Usage: hammer_worker.py REDIS_URL TENANT REQUESTS CONCURRENCY RPM TPM TOKENS
+Usage: hammer_worker.py REDIS_URL TENANT REQUESTS CONCURRENCY RPM TPM TOKENS [TRANSPORT]
+(TRANSPORT: "redis-py", the default, or "pipelined").
 Prints "ready" once connected, waits for a line on stdin (the start signal), then prints one
 JSON line: {"admitted": n, "denied": n, "first": t, "last": t}.
 """
@@ -14,6 +15,7 @@ import time
 
 from parley_router.policy import PlanLimits
 from parley_router.ratelimit import RedisTokenBuckets, make_redis
+from parley_router.redis_pipe import PipelinedRedis
 
 
 async def main() -> None:
@@ -22,9 +24,13 @@ async def main() -> None:
     limits = PlanLimits(requests_per_minute=float(sys.argv[5]),
                         tokens_per_minute=float(sys.argv[6]))
     tokens = int(sys.argv[7])
+    pipelined = len(sys.argv) > 8 and sys.argv[8] == "pipelined"
     client = make_redis(url, timeout_s=2.0)
-    buckets = RedisTokenBuckets(client, op_timeout_s=2.0)
+    pipe = PipelinedRedis(url, connect_timeout_s=2.0) if pipelined else None
+    buckets = RedisTokenBuckets(client, op_timeout_s=2.0, pipe=pipe)
     await client.ping()
+    if pipe is not None:  # connected before the race, like the pool below
+        await pipe.execute(b"*1\r\n$4\r\nPING\r\n", timeout_s=2.0)
     remaining = total
     admitted = denied = 0
     stamps: list[float] = []
@@ -46,6 +52,7 @@ async def main() -> None:
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     await client.aclose()
+    await buckets.aclose()
     print(json.dumps({"admitted": admitted, "denied": denied,
                       "first": min(stamps), "last": max(stamps)}))
 

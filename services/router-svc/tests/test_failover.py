@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,7 @@ from parley_router.chat import (
     Role,
     TextDelta,
     TextPart,
+    ToolCallEvent,
     TurnFinished,
     Usage,
 )
@@ -44,13 +45,27 @@ CTX = CallContext("acme", "s", "t", 0)
 Script = Callable[[int], Any]  # call number -> behaviour
 
 
+# Every test runs twice: with providers called once admitted, and with providers that prepare
+# their call while the admission is decided and wait at the send gate (like AnthropicProvider).
+GATED = [False]
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["admit-first", "send-gate"])
+def gated(request: pytest.FixtureRequest) -> Iterator[bool]:
+    GATED[0] = request.param
+    yield request.param
+    GATED[0] = False
+
+
 @dataclass
 class FakeProvider:
-    """A ChatProvider whose calls follow a script per model."""
+    """A ChatProvider whose calls follow a script per model; `calls` counts requests sent."""
 
     name: str
     scripts: dict[str, Script]
     calls: dict[str, int] = field(default_factory=dict)
+    honours_send_gate: bool = field(default_factory=lambda: GATED[0])
+    prepared: list[str] = field(default_factory=list)
 
     async def aclose(self) -> None:
         return None
@@ -58,6 +73,10 @@ class FakeProvider:
     async def stream(
         self, model: Any, request: ChatRequest, ctx: CallContext, *, timeout_s: float
     ) -> AsyncIterator[ProviderEvent]:
+        self.prepared.append(model.model_id)
+        if ctx.send_gate is not None:
+            assert self.honours_send_gate
+            await ctx.send_gate()
         n = self.calls.get(model.model_id, 0) + 1
         self.calls[model.model_id] = n
         behaviour = self.scripts.get(model.model_id, lambda _n: "ok")(n)
@@ -75,11 +94,20 @@ class FakeProvider:
 
 
 class Hooks:
-    def __init__(self, deny: set[str] | None = None) -> None:
+    def __init__(self, deny: set[str] | None = None, *, delay_s: float = 0.0,
+                 error: Exception | None = None) -> None:
         self.deny = deny or set()
+        self.delay_s = delay_s
+        self.error = error
         self.reports: list[AttemptReport] = []
+        self.admitted_at: list[float] = []
 
     async def admit(self, model: Any) -> Admission:
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.error is not None:
+            raise self.error
+        self.admitted_at.append(time.perf_counter())
         if model.model_id in self.deny:
             return Admission(False, 2.5, "tenant rate limit")
         return Admission(True)
@@ -238,3 +266,120 @@ async def test_caller_cancelling_settles_the_attempt_and_frees_nothing_else() ->
     await anext(gen)
     await gen.aclose()
     assert [rep.outcome for rep in hooks.reports] == ["cancelled"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The send gate: the admission round trip overlaps the call's preparation, never its sending.
+
+
+async def test_a_refused_admission_sends_nothing_and_costs_no_attempt(gated: bool) -> None:
+    r, p = runner({})
+    events, hooks = await run(r, Hooks(deny={A.model_id}))
+    assert isinstance(events[0], Answering) and events[0].model is B
+    assert events[0].attempt == 1  # the refused model used no attempt number
+    assert "rate limit" in " ".join(events[0].notes)
+    assert A.model_id not in p["google"].calls  # nothing was sent to the refused model
+    assert p["google"].prepared == ([A.model_id] if gated else [])
+    assert [rep.model for rep in hooks.reports] == [B]  # nothing to settle for A
+
+
+async def test_the_admissions_own_error_propagates_and_nothing_is_sent(gated: bool) -> None:
+    r, p = runner({})
+    with pytest.raises(Unavailable, match="fail closed"):
+        await run(r, Hooks(error=Unavailable("limiter down, fail closed")))
+    assert not p["google"].calls and not p["anthropic"].calls
+
+
+async def test_admission_overlaps_the_preparation_and_gates_the_send(gated: bool) -> None:
+    r, p = runner({})
+    sent_at: list[float] = []
+    orig = p["google"].stream
+
+    async def stream(model: Any, request: ChatRequest, ctx: CallContext, *,
+                     timeout_s: float) -> AsyncIterator[ProviderEvent]:
+        prepared_at = time.perf_counter()
+        async for ev in orig(model, request, ctx, timeout_s=timeout_s):
+            if not sent_at:
+                sent_at.append(time.perf_counter())
+                assert (prepared_at < hooks.admitted_at[0]) is gated
+            yield ev
+
+    p["google"].stream = stream  # type: ignore[method-assign]
+    hooks = Hooks(delay_s=0.05)
+    events, _ = await run(r, hooks)
+    assert isinstance(events[-1], TurnFinished)
+    assert sent_at[0] >= hooks.admitted_at[0]
+
+
+async def test_first_token_wait_starts_once_the_call_is_admitted() -> None:
+    # Admission slower than the first-token timeout: the call must not time out for it.
+    r, _ = runner({}, first_token_timeout_s=0.1)
+    events, hooks = await run(r, Hooks(delay_s=0.25))
+    assert events[0].model is A and events[0].attempt == 1
+    assert [rep.outcome for rep in hooks.reports] == ["ok"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Coalescing: deltas already buffered when the previous message was handed on travel as one.
+
+
+@dataclass
+class BurstProvider:
+    """Streams a fixed script; `gap_s` > 0 sleeps between events (nothing to coalesce)."""
+
+    events: list[ProviderEvent]
+    gap_s: float = 0.0
+    name: str = "google"
+    honours_send_gate: bool = False
+
+    async def aclose(self) -> None:
+        return None
+
+    async def stream(
+        self, model: Any, request: ChatRequest, ctx: CallContext, *, timeout_s: float
+    ) -> AsyncIterator[ProviderEvent]:
+        for ev in self.events:
+            if self.gap_s:
+                await asyncio.sleep(self.gap_s)
+            yield ev
+
+
+def burst_runner(provider: BurstProvider) -> FailoverRunner:
+    return FailoverRunner(providers={"google": provider},  # type: ignore[dict-item]
+                          breakers=BreakerBoard(BreakerOptions()),
+                          options=FailoverOptions(first_token_timeout_s=1, stall_timeout_s=1))
+
+
+SCRIPT: list[ProviderEvent] = [
+    TextDelta("Based "), TextDelta("on "), TextDelta("the "), TextDelta("notes: "),
+    ToolCallEvent("call_1", "search_kb", '{"query": "opening hours"}'),
+    TextDelta("it "), TextDelta("opens "), TextDelta("at 9."),
+    ToolCallEvent("call_2", "book", "{}"),
+    TurnFinished(FinishReason.TOOL_CALLS, Usage(input_tokens=7, output_tokens=9)),
+]
+
+
+async def test_buffered_deltas_are_coalesced_in_order_with_tool_calls_intact() -> None:
+    provider = BurstProvider(list(SCRIPT))
+    events, _ = await run(burst_runner(provider), chain=(A,))
+    out = [e for e in events if not isinstance(e, Answering)]
+    # The first token is never held back or merged: it goes out as the provider sent it.
+    assert out[0] == TextDelta("Based ")
+    # Every token, in order; tool calls stay whole, between the same texts as in the stream.
+    kinds = [type(e).__name__ for e in out]
+    assert kinds.count("ToolCallEvent") == 2 and kinds[-1] == "TurnFinished"
+    calls = [e for e in out if isinstance(e, ToolCallEvent)]
+    assert calls == [SCRIPT[4], SCRIPT[8]]
+    i1, i2 = out.index(calls[0]), out.index(calls[1])
+    assert "".join(e.text for e in out[:i1] if isinstance(e, TextDelta)) == "Based on the notes: "
+    assert "".join(e.text for e in out[i1:i2] if isinstance(e, TextDelta)) == "it opens at 9."
+    assert out[-1] == SCRIPT[-1]
+    # The burst after the first token left as fewer, larger messages.
+    assert len(out) < len(SCRIPT)
+
+
+async def test_deltas_arriving_one_by_one_are_sent_one_by_one() -> None:
+    provider = BurstProvider(list(SCRIPT), gap_s=0.005)
+    events, _ = await run(burst_runner(provider), chain=(A,))
+    out = [e for e in events if not isinstance(e, Answering)]
+    assert out == SCRIPT  # nothing waited for, so nothing merged

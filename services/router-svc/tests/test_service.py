@@ -259,5 +259,9 @@ async def test_rate_limit_exhaustion_is_resource_exhausted_with_retry_time(
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     trailers = dict(err.value.trailing_metadata() or ())
     assert 0 < float(trailers[RETRY_AFTER_TRAILER]) <= 20.0
+    # The refused turn reached neither provider (Anthropic's request is prepared while the
+    # admission is decided, and held back when refused).
+    assert (await model_stats(emulator, "claude-haiku-4-5"))["requests"] == 3
+    assert (await model_stats(emulator, "gemini-2.5-flash-lite"))["requests"] == 3
     # Another tenant is unaffected.
     assert (await r.turn(turn, tenant="acme")).completion.finish_reason

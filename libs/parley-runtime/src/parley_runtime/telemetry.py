@@ -17,10 +17,11 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 
 logger = logging.getLogger(__name__)
 _configured = False
+_exporting = False
 
 
 def configure_tracing(service_name: str) -> None:
-    global _configured
+    global _configured, _exporting
     if _configured:
         return
     _configured = True
@@ -35,8 +36,18 @@ def configure_tracing(service_name: str) -> None:
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     elif exporter_name == "console":
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    _exporting = exporter_name in ("otlp", "console")
     trace.set_tracer_provider(provider)
     logger.debug("tracing configured", extra={"exporter": exporter_name})
+
+
+def exporting_traces() -> bool:
+    """Whether configure_tracing set up an exporter (spans recorded here go somewhere).
+
+    Lets a service skip optional, purely diagnostic spans (e.g. an SDK's own) when they would
+    only be recorded and dropped.
+    """
+    return _exporting
 
 
 def tracer() -> trace.Tracer:

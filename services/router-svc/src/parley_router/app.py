@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from parley_runtime.catalog import Catalog, load_catalog
 from parley_runtime.client import make_channel
 from parley_runtime.server import make_signer
+from parley_runtime.telemetry import exporting_traces
 from parley_runtime.tenants import TenantRegistry
 from parley_runtime.usage import NullUsageRecorder, UsageRecorder, make_usage_recorder
 
@@ -24,6 +25,7 @@ from .providers.anthropic import AnthropicProvider
 from .providers.base import ChatProvider
 from .providers.gemini import ExplicitCacheOptions, GeminiProvider
 from .ratelimit import LocalTokenBuckets, RedisTokenBuckets, TenantRateLimiter, make_redis
+from .redis_pipe import PipelinedRedis
 from .router import RouterOptions, TurnRouter
 from .server import RouterServicer
 from .store import PremiumShareGate, RedisCachedContentRegistry
@@ -94,6 +96,8 @@ def build_router_app(
             connect_timeout_s=settings.provider_connect_timeout_s,
             read_timeout_s=settings.provider_read_timeout_s,
             auto_history_cache=settings.anthropic_auto_history_cache,
+            sdk_spans=exporting_traces() if settings.provider_sdk_spans is None
+            else settings.provider_sdk_spans,
         )
     if settings.gemini_api_key:
         providers["google"] = GeminiProvider(
@@ -147,8 +151,13 @@ def build_router_app(
             max_cooldown_s=settings.max_cooldown_s,
         ),
     )
+    pipe = None
+    if client is not None and settings.redis_pipelined_limiter and settings.redis_url \
+            and PipelinedRedis.supports(settings.redis_url):
+        pipe = PipelinedRedis(settings.redis_url, connect_timeout_s=settings.redis_timeout_s)
     limiter = TenantRateLimiter(
-        RedisTokenBuckets(client, op_timeout_s=settings.redis_timeout_s) if client else None,
+        RedisTokenBuckets(client, op_timeout_s=settings.redis_timeout_s, pipe=pipe)
+        if client else None,
         fail_mode=settings.rate_limit_fail_mode,
         local=LocalTokenBuckets(divisor=settings.rate_limit_local_divisor),
         on_fallback=metrics.limiter_fallback,

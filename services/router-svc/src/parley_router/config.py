@@ -71,6 +71,9 @@ class Settings(ServiceSettings):
     # Fail-open local limiter: each replica allows limits / this (the expected replica count).
     rate_limit_local_divisor: float = Field(default=1.0, ge=1)
     redis_timeout_s: float = Field(default=0.25, gt=0)
+    # Rate-limit scripts over one pipelined connection (redis_pipe.py) rather than redis-py's
+    # pool (plain redis:// and rediss:// URLs; others always use redis-py).
+    redis_pipelined_limiter: bool = True
     premium_window_minutes: int = Field(default=60, ge=1)
 
     # Budgets (billing-svc CheckBudget)
@@ -87,3 +90,9 @@ class Settings(ServiceSettings):
     # Provider HTTP timeouts (backstops; the failover enforces the turn's own deadlines).
     provider_connect_timeout_s: float = Field(default=3.0, gt=0)
     provider_read_timeout_s: float = Field(default=30.0, gt=0)
+    # The provider SDKs' own OpenTelemetry spans (one per call). Unset: on when this process
+    # exports traces (OTEL_TRACES_EXPORTER / OTEL_EXPORTER_OTLP_ENDPOINT), off otherwise.
+    provider_sdk_spans: bool | None = None
+
+    # Event loop of the process: uvloop (less CPU per turn) or the standard asyncio loop.
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"

@@ -18,10 +18,17 @@ import asyncio
 import random
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Mapping,
+)
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from parley_runtime.catalog import ModelEntry
 from parley_runtime.errors import (
@@ -34,7 +41,13 @@ from parley_runtime.errors import (
 
 from .breaker import BreakerBoard, CircuitBreaker
 from .chat import ChatRequest, TextDelta, ToolCallEvent, TurnFinished, Usage
-from .providers.base import CallContext, ChatProvider, ProviderError, ProviderErrorKind
+from .providers.base import (
+    CallContext,
+    ChatProvider,
+    NotAdmitted,
+    ProviderError,
+    ProviderErrorKind,
+)
 
 __all__ = [
     "Admission",
@@ -176,7 +189,27 @@ class FailoverRunner:
                     _note(notes, f"{model.model_id} skipped: circuit open")
                     continue
                 probing = breaker.is_probing
-                admission = await hooks.admit(model)
+                first_wait = o.probe_first_token_timeout_s if probing else o.first_token_timeout_s
+                provider = self._providers.get(model.provider)
+                if provider is not None and getattr(provider, "honours_send_gate", False):
+                    # The admission round trip runs while the provider prepares its request;
+                    # the request leaves only once admitted (_AdmissionGate).
+                    gate = _AdmissionGate(hooks.admit(model))
+                    try:
+                        # One loop turn: the admission sends its request before the (longer)
+                        # preparation of the call starts, so the two overlap.
+                        await asyncio.sleep(0)
+                        result = await self._first(model, request, ctx, attempt + 1, now,
+                                                   first_wait, hard_deadline, gate)
+                    except BaseException:
+                        gate.cancel()
+                        raise
+                    admission = await gate.outcome()  # the admission's own error propagates
+                    if not admission.allowed and not isinstance(result, ProviderError):
+                        await _close(result[0])  # cannot happen: nothing is sent unadmitted
+                else:
+                    admission = await hooks.admit(model)
+                    result = None
                 if not admission.allowed:
                     breaker.release_probe()
                     limit_waits.append(admission.retry_after_s)
@@ -184,9 +217,9 @@ class FailoverRunner:
                     continue
                 attempt += 1
                 tried = True
-                first_wait = o.probe_first_token_timeout_s if probing else o.first_token_timeout_s
-                result = await self._first(model, request, ctx, attempt, now, first_wait,
-                                           hard_deadline)
+                if result is None:
+                    result = await self._first(model, request, ctx, attempt, now, first_wait,
+                                               hard_deadline)
                 if isinstance(result, ProviderError):
                     err = result
                     errors.append(err)
@@ -241,17 +274,30 @@ class FailoverRunner:
         started: float,
         first_wait: float,
         hard_deadline: float,
+        gate: _AdmissionGate | None = None,
     ) -> ProviderError | tuple[AsyncIterator[object], object, float]:
-        """Start a call and wait for its first event; errors come back as values."""
+        """Start a call and wait for its first event; errors come back as values.
+
+        With a `gate`, the first-token wait starts when the gate opens (the admission itself is
+        bounded by the limiter's own timeouts and by the turn's deadline).
+        """
         provider = self._providers.get(model.provider)
         if provider is None:
             return ProviderError(ProviderErrorKind.AUTH,
                                  f"provider {model.provider!r} is not configured")
         budget = max(0.0, min(first_wait, hard_deadline - started))
-        call_ctx = CallContext(ctx.tenant_id, ctx.session_id, ctx.turn_id, attempt)
+        call_ctx = CallContext(ctx.tenant_id, ctx.session_id, ctx.turn_id, attempt,
+                               gate.wait if gate is not None else None)
         gen = provider.stream(model, request, call_ctx, timeout_s=max(0.1, hard_deadline - started))
         try:
-            async with asyncio.timeout(budget):
+            loop = asyncio.get_running_loop()
+            if gate is None:
+                first_by = loop.time() + budget
+            else:
+                first_by = loop.time() + max(0.0, hard_deadline - self._clock())
+            async with asyncio.timeout_at(first_by) as timer:
+                if gate is not None:
+                    gate.on_open = lambda: timer.reschedule(min(first_by, loop.time() + budget))
                 first = await anext(gen)
         except TimeoutError:
             await _close(gen)
@@ -383,6 +429,37 @@ def _key(model: ModelEntry) -> str:
 def _note(notes: list[str], text: str) -> None:
     if len(notes) < 16:
         notes.append(text)
+
+
+class _AdmissionGate:
+    """An attempt's admission, decided concurrently with the preparation of its call.
+
+    The provider awaits `wait` right before its request leaves the process: it returns once
+    the admission allowed the call and raises NotAdmitted when it was refused, so a refused
+    call sends nothing. The runner reads the verdict with `outcome` (which re-raises the
+    admission's own error, e.g. a fail-closed limiter's UNAVAILABLE).
+    """
+
+    __slots__ = ("_task", "on_open")
+
+    def __init__(self, admit: Coroutine[Any, Any, Admission]) -> None:
+        self._task: asyncio.Task[Admission] = asyncio.ensure_future(admit)
+        self.on_open: Callable[[], None] | None = None
+
+    async def wait(self) -> None:
+        # Shielded: a first-token timeout or a cancelled turn must not cut the admission's
+        # round trip in half (its verdict is still read by the runner).
+        admission = await asyncio.shield(self._task)
+        if not admission.allowed:
+            raise NotAdmitted(admission.reason or "rate limited")
+        if self.on_open is not None:
+            self.on_open()
+
+    async def outcome(self) -> Admission:
+        return await self._task
+
+    def cancel(self) -> None:
+        self._task.cancel()
 
 
 class _Pump:

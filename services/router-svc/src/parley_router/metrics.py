@@ -6,6 +6,8 @@ first `TENANT_LABEL_CAP` tenants seen get their own series, later ones share "ot
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 from .breaker import BreakerState
@@ -68,6 +70,10 @@ class RouterMetrics:
         self._tenant_cap = tenant_cap
         self._tenants: set[str] = set()
         self.active_streams = ACTIVE_STREAMS
+        # Labelled children per label tuple (labels() costs a lock and a lookup per call).
+        self._per_model: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self._attempts: dict[tuple[str, str, str], Any] = {}
+        self._turns: dict[tuple[str, str], Any] = {}
 
     def tenant_label(self, tenant: str) -> str:
         if tenant in self._tenants:
@@ -83,12 +89,23 @@ class RouterMetrics:
 
     def attempt(self, provider: str, model: str, outcome: str, ttft_s: float | None,
                 total_s: float, cached_tokens: int) -> None:
-        ATTEMPTS.labels(provider, model, outcome).inc()
-        LATENCY.labels(provider, model).observe(total_s)
+        key = (provider, model, outcome)
+        attempts = self._attempts.get(key)
+        if attempts is None:
+            attempts = self._attempts[key] = ATTEMPTS.labels(provider, model, outcome)
+        attempts.inc()
+        per_model = self._per_model.get(key[:2])
+        if per_model is None:
+            per_model = self._per_model[key[:2]] = (
+                LATENCY.labels(provider, model), TTFT.labels(provider, model),
+                CACHED_TOKENS.labels(provider, model),
+            )
+        latency, ttft, cached = per_model
+        latency.observe(total_s)
         if ttft_s is not None:
-            TTFT.labels(provider, model).observe(ttft_s)
+            ttft.observe(ttft_s)
         if cached_tokens:
-            CACHED_TOKENS.labels(provider, model).inc(cached_tokens)
+            cached.inc(cached_tokens)
 
     def denied(self, tenant: str, provider: str) -> None:
         RATE_LIMIT_DENIALS.labels(self.tenant_label(tenant), provider).inc()
@@ -97,7 +114,10 @@ class RouterMetrics:
         RATE_LIMIT_FALLBACK.labels(mode).inc()
 
     def turn(self, tier: str, outcome: str) -> None:
-        TURNS.labels(tier, outcome).inc()
+        child = self._turns.get((tier, outcome))
+        if child is None:
+            child = self._turns[(tier, outcome)] = TURNS.labels(tier, outcome)
+        child.inc()
 
     def fallback(self, tier: str) -> None:
         FALLBACKS.labels(tier).inc()

@@ -14,6 +14,7 @@ replica count), or fail closed (UNAVAILABLE).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from redis.exceptions import RedisError
 
 from .failover import Admission
 from .policy import PlanLimits
+from .redis_pipe import PipelinedRedis
 
 logger = logging.getLogger(__name__)
 
@@ -126,12 +128,17 @@ def make_redis(url: str, *, timeout_s: float = 0.25, max_connections: int = 64) 
 
     A bounded, blocking pool: a burst of turns shares a few warm connections instead of
     opening one each (a connect storm is what makes loaded replicas miss short timeouts).
+
+    No socket_timeout: every caller bounds each whole operation with `asyncio.timeout`
+    (connect, pool wait, write and read), and redis-py implements a socket timeout on writes
+    with `asyncio.wait_for`, i.e. a new task per command whose write only happens on the next
+    loop turn (the rate-limit request would leave after, not during, the call's preparation).
     """
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
         timeout=timeout_s,
-        socket_timeout=timeout_s,
+        socket_timeout=None,  # explicitly: redis-py's default is 5 s
         socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
         driver_info=None,  # no CLIENT SETINFO round trips on connect
@@ -155,13 +162,28 @@ def _denied(wait: float, tokens: int, limits: PlanLimits) -> Admission:
     return Admission(False, wait, f"tenant rate limit, retry in {wait:.2f}s")
 
 
-class RedisTokenBuckets:
-    """The shared limiter (raises RedisError/TimeoutError when Redis misbehaves)."""
+_ACQUIRE_SHA = hashlib.sha1(ACQUIRE_LUA.encode()).hexdigest()
+_CORRECT_SHA = hashlib.sha1(CORRECT_LUA.encode()).hexdigest()
 
-    def __init__(self, client: aioredis.Redis, *, op_timeout_s: float = 0.25) -> None:
+
+class RedisTokenBuckets:
+    """The shared limiter (raises RedisError/TimeoutError when Redis misbehaves).
+
+    With `pipe` (a PipelinedRedis to the same server) the scripts go over its single
+    pipelined connection: the request is written at once, with a fraction of redis-py's
+    per-call CPU. Without it, through the redis-py client.
+    """
+
+    def __init__(self, client: aioredis.Redis | None, *, op_timeout_s: float = 0.25,
+                 pipe: PipelinedRedis | None = None) -> None:
+        if client is None and pipe is None:
+            raise ValueError("RedisTokenBuckets needs a redis-py client or a PipelinedRedis")
         self._client = client
-        self._acquire = client.register_script(ACQUIRE_LUA)
-        self._correct = client.register_script(CORRECT_LUA)
+        self._pipe = pipe
+        if pipe is None:
+            assert client is not None
+            self._acquire = client.register_script(ACQUIRE_LUA)
+            self._correct = client.register_script(CORRECT_LUA)
         self._timeout = op_timeout_s
 
     async def acquire(
@@ -169,8 +191,15 @@ class RedisTokenBuckets:
     ) -> Admission:
         rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
         args = [rpm, rpm / 60.0, 1, 0, tpm, tpm / 60.0, max(0, tokens), correction]
-        async with asyncio.timeout(self._timeout):
-            ok, wait = await self._acquire(keys=_keys(tenant, provider), args=args)
+        if self._pipe is not None:
+            reply = await self._pipe.evalsha(_ACQUIRE_SHA, ACQUIRE_LUA, _keys(tenant, provider),
+                                             args, timeout_s=self._timeout)
+            if not isinstance(reply, list) or len(reply) != 2:
+                raise RedisError(f"unexpected reply from the rate-limit script: {reply!r}")
+            ok, wait = reply
+        else:
+            async with asyncio.timeout(self._timeout):
+                ok, wait = await self._acquire(keys=_keys(tenant, provider), args=args)
         if int(ok) == 1:
             return Admission(True)
         return _denied(float(wait), tokens, limits)
@@ -181,9 +210,17 @@ class RedisTokenBuckets:
         if not delta_tokens:
             return
         tpm = limits.tokens_per_minute
+        keys, args = _keys(tenant, provider)[1:], [tpm, tpm / 60.0, delta_tokens]
+        if self._pipe is not None:
+            await self._pipe.evalsha(_CORRECT_SHA, CORRECT_LUA, keys, args,
+                                     timeout_s=self._timeout)
+            return
         async with asyncio.timeout(self._timeout):
-            await self._correct(keys=_keys(tenant, provider)[1:],
-                                args=[tpm, tpm / 60.0, delta_tokens])
+            await self._correct(keys=keys, args=args)
+
+    async def aclose(self) -> None:
+        if self._pipe is not None:
+            await self._pipe.aclose()
 
 
 @dataclass(slots=True)
@@ -351,3 +388,5 @@ class TenantRateLimiter:
             except asyncio.CancelledError:
                 pass
         await self.flush()
+        if self._shared is not None:
+            await self._shared.aclose()

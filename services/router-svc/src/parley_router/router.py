@@ -94,7 +94,8 @@ class Decision:
     complexity: float
     estimator: str
     reasons: tuple[str, ...]
-    baseline_tier: Tier
+    # The seed heuristic's tier (computed for dry runs, i.e. ClassifyTurn, only).
+    baseline_tier: Tier | None
     input_tokens: int
 
     @property
@@ -237,12 +238,15 @@ class TurnRouter:
                           bool(request.tools))
         text = request.last_user_text()
         today = self._today()
+        baseline: Tier | None = None
         if text:
             estimate = self.estimator.estimate(text)
-            baseline = self.baseline.estimate(text).tier
+            if dry_run:  # the seed's verdict is only reported by ClassifyTurn
+                baseline = self.baseline.estimate(text).tier
             tier, complexity, estimator = estimate.tier, estimate.score, estimate.estimator
         else:
-            tier, complexity, estimator, baseline = Tier.STANDARD, 0.5, "none", Tier.STANDARD
+            tier, complexity, estimator = Tier.STANDARD, 0.5, "none"
+            baseline = Tier.STANDARD if dry_run else None
         reasons: list[str] = []
         if not text:
             reasons.append("no user text to estimate: standard")
@@ -381,6 +385,11 @@ class _TurnHooks:
         return admission
 
     def settle(self, report: AttemptReport) -> None:
+        # Metrics, the usage record and the limiter correction run right after the current
+        # step, i.e. once the turn's last message and status are on their way.
+        asyncio.get_running_loop().call_soon(self._settle, report)
+
+    def _settle(self, report: AttemptReport) -> None:
         r = self._r
         usage = report.usage
         m = report.model

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
@@ -11,7 +11,14 @@ from parley_runtime.catalog import ModelEntry
 
 from ..chat import ChatRequest, ProviderEvent, Usage
 
-__all__ = ["CallContext", "ChatProvider", "ProviderError", "ProviderErrorKind"]
+__all__ = [
+    "CallContext",
+    "ChatProvider",
+    "NotAdmitted",
+    "ProviderError",
+    "ProviderErrorKind",
+    "SendGate",
+]
 
 
 class ProviderErrorKind(Enum):
@@ -71,16 +78,31 @@ class ProviderError(Exception):
         return f"{self.kind.value}{code}: {self.message}"
 
 
+class NotAdmitted(Exception):
+    """The call's admission (tenant rate limit) refused it: its request must not be sent."""
+
+
+# Awaited by a provider right before its request leaves the process: returns when the call may
+# be sent, raises NotAdmitted when it must not be (or the admission's own error).
+SendGate = Callable[[], Awaitable[None]]
+
+
 @dataclass(frozen=True, slots=True)
 class CallContext:
     tenant_id: str
     session_id: str
     turn_id: str
     attempt: int
+    # Set when the call's admission is still being decided (see ChatProvider.honours_send_gate).
+    send_gate: SendGate | None = None
 
 
 class ChatProvider(Protocol):
     name: str
+    # True when `stream` awaits `ctx.send_gate` before its request leaves the process: the
+    # runner then prepares the call while the admission is decided (never sending before it).
+    # Providers without it are only called once admitted.
+    honours_send_gate: bool
 
     def stream(
         self, model: ModelEntry, request: ChatRequest, ctx: CallContext, *, timeout_s: float

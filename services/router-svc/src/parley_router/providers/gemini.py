@@ -232,6 +232,9 @@ class GeminiProvider:
     """ChatProvider for provider `google`."""
 
     name = "google"
+    # Called only once admitted: the explicit-cache lookup that starts a call counts sightings
+    # and may create a (billed) cache, which a refused turn must not do.
+    honours_send_gate = False
 
     def __init__(
         self,
