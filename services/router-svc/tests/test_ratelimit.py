@@ -268,3 +268,31 @@ def test_pipelined_client_only_takes_plain_urls() -> None:
     assert not PipelinedRedis.supports("unix:///tmp/redis.sock")
     assert not PipelinedRedis.supports("redis://127.0.0.1:6379/0?ssl_cert_reqs=none")
     assert not PipelinedRedis.supports("redis://127.0.0.1:notaport/0")
+
+
+async def test_pipelined_client_authenticates_and_selects_its_database(tmp_path: Path) -> None:
+    from parley_devstack.procs import wait_port
+    from parley_devstack.redis import ensure_redis_server
+    from parley_router.redis_pipe import pack_command
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [ensure_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path), "--requirepass", "s3cr:t/pw"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        await asyncio.to_thread(wait_port, port, 15, "redis-server")
+        pipe = PipelinedRedis(f"redis://:s3cr%3At%2Fpw@127.0.0.1:{port}/3")
+        assert await pipe.execute(pack_command("SET", "k", "in-db-3"), timeout_s=2.0) == b"OK"
+        check = aioredis.Redis(host="127.0.0.1", port=port, password="s3cr:t/pw", db=3)
+        assert await check.get("k") == b"in-db-3"
+        await check.aclose()
+        wrong = PipelinedRedis(f"redis://:nope@127.0.0.1:{port}/0")
+        with pytest.raises(Exception, match="refused|WRONGPASS|invalid"):
+            await wrong.execute(pack_command("PING"), timeout_s=2.0)
+        await pipe.aclose()
+        await wrong.aclose()
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -204,6 +204,12 @@ _SHAPE_NAMES = (
     "colon",
 )
 DENSE_NAMES: tuple[str, ...] = _SHAPE_NAMES + tuple(f"g_{g}" for g in _GROUP_NAMES)
+# Cue word -> the groups it belongs to (one lookup per token instead of one per group).
+_WORD_GROUPS: dict[str, tuple[str, ...]] = {}
+for _g in _GROUP_NAMES:
+    for _w in _GROUPS[_g]:
+        _WORD_GROUPS[_w] = (*_WORD_GROUPS.get(_w, ()), _g)
+_CLAUSE_WORDS = frozenset(("and", "but", "or", "then", "so", "because"))
 
 
 class FeatureExtractor:
@@ -218,9 +224,11 @@ class FeatureExtractor:
     def dense(self, text: str, tokens: Sequence[str]) -> list[float]:
         n = len(tokens)
         counts = dict.fromkeys(_GROUP_NAMES, 0)
+        word_groups = _WORD_GROUPS
         for tok in tokens:
-            for g in _GROUP_NAMES:
-                if tok in _GROUPS[g]:
+            groups = word_groups.get(tok)
+            if groups is not None:
+                for g in groups:
                     counts[g] += 1
         if n > 1:
             pairs = set(zip(tokens, tokens[1:], strict=False))
@@ -229,7 +237,7 @@ class FeatureExtractor:
                     if p in pairs:
                         counts[g] += 1
         digits = sum(1 for t in tokens if any(c.isdigit() for c in t))
-        clauses = sum(1 for t in tokens if t in ("and", "but", "or", "then", "so", "because"))
+        clauses = sum(1 for t in tokens if t in _CLAUSE_WORDS)
         shape = [
             math.log1p(n) / 4.0,
             1.0 if n > 18 else 0.0,
