@@ -40,7 +40,7 @@ from ..chat import (
     TurnFinished,
     Usage,
 )
-from .base import CallContext, ProviderError, ProviderErrorKind, SendGate
+from .base import CallContext, ProviderError, ProviderErrorKind, SendGate, kind_for_status
 
 __all__ = ["AnthropicProvider", "build_anthropic_params"]
 
@@ -167,22 +167,6 @@ def _retry_after(headers: Any) -> float | None:
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
-def _status_kind(status: int) -> ProviderErrorKind:
-    if status == 429:
-        return ProviderErrorKind.RATE_LIMITED
-    if status in (529, 503):
-        return ProviderErrorKind.OVERLOADED
-    if status in (408, 504):
-        return ProviderErrorKind.TIMEOUT
-    if status >= 500:
-        return ProviderErrorKind.SERVER
-    if status in (401, 403):
-        return ProviderErrorKind.AUTH
-    if status == 404:
-        return ProviderErrorKind.NOT_FOUND
-    return ProviderErrorKind.INVALID_REQUEST
-
-
 def _error_message(body: object, default: str) -> tuple[str, str | None]:
     if isinstance(body, dict):
         err = body.get("error")
@@ -201,7 +185,7 @@ def translate_error(exc: BaseException, *, in_stream: bool) -> ProviderError:
         if etype in _ERROR_TYPES and (in_stream or status == 200):
             kind = _ERROR_TYPES[etype]
         else:
-            kind = _status_kind(status)
+            kind = kind_for_status(status)
         return ProviderError(
             kind, message, status=None if status == 200 else status,
             retry_after_s=_retry_after(headers),

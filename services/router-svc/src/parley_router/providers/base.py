@@ -18,6 +18,7 @@ __all__ = [
     "ProviderError",
     "ProviderErrorKind",
     "SendGate",
+    "kind_for_status",
 ]
 
 
@@ -31,6 +32,23 @@ class ProviderErrorKind(Enum):
     AUTH = "auth"  # 401/403: configuration
     NOT_FOUND = "not_found"  # 404: unknown or retired model id
     STREAM = "stream"  # the stream broke (cut, malformed, in-stream error)
+
+
+def kind_for_status(status: int) -> ProviderErrorKind:
+    """The error kind of an HTTP status from any provider's API."""
+    if status == 429:
+        return ProviderErrorKind.RATE_LIMITED
+    if status in (503, 529):
+        return ProviderErrorKind.OVERLOADED
+    if status in (408, 504):
+        return ProviderErrorKind.TIMEOUT
+    if status >= 500:
+        return ProviderErrorKind.SERVER
+    if status in (401, 403):
+        return ProviderErrorKind.AUTH
+    if status == 404:
+        return ProviderErrorKind.NOT_FOUND
+    return ProviderErrorKind.INVALID_REQUEST
 
 
 RETRYABLE = frozenset(

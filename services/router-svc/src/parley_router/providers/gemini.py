@@ -44,7 +44,7 @@ from ..chat import (
     Usage,
 )
 from ..metrics import GEMINI_EXPLICIT_CACHE
-from .base import CallContext, ProviderError, ProviderErrorKind
+from .base import CallContext, ProviderError, ProviderErrorKind, kind_for_status
 
 logger = logging.getLogger(__name__)
 
@@ -198,29 +198,16 @@ def _retry_delay(exc: genai_errors.APIError) -> float | None:
     return None
 
 
-def _kind(code: int) -> ProviderErrorKind:
-    if code == 429:
-        return ProviderErrorKind.RATE_LIMITED
-    if code in (503, 529):
-        return ProviderErrorKind.OVERLOADED
-    if code in (408, 504):
-        return ProviderErrorKind.TIMEOUT
-    if code >= 500:
-        return ProviderErrorKind.SERVER
-    if code in (401, 403):
-        return ProviderErrorKind.AUTH
-    if code == 404:
-        return ProviderErrorKind.NOT_FOUND
-    return ProviderErrorKind.INVALID_REQUEST
-
-
 def translate_error(exc: BaseException, *, in_stream: bool) -> ProviderError:
     if isinstance(exc, ProviderError):
         return exc
     if isinstance(exc, genai_errors.APIError):
         code = int(exc.code or 500)
         return ProviderError(
-            _kind(code), str(exc.message or exc), status=code, retry_after_s=_retry_delay(exc)
+            kind_for_status(code),
+            str(exc.message or exc),
+            status=code,
+            retry_after_s=_retry_delay(exc),
         )
     if isinstance(exc, TimeoutError):
         return ProviderError(ProviderErrorKind.TIMEOUT, "request timed out")
