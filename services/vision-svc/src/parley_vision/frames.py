@@ -40,8 +40,6 @@ _LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 _VIDEO_RANGE_SCALE = 255.0 / 219.0
 
 _M16 = np.uint64(0xFFFF)
-_LANE_SUM = np.uint64(0x0001000100010001)
-_S16, _S32, _S48 = np.uint64(16), np.uint64(32), np.uint64(48)
 
 FloatArray = npt.NDArray[np.float32]
 U8Array = npt.NDArray[np.uint8]
@@ -211,11 +209,9 @@ class FrameDecoder:
         """
         w, h, fmt = layout.width, layout.height, layout.format
         if fmt is PixelFormat.I420 or fmt is PixelFormat.NV12:
-            out = np.empty((-(-h // CELL), -(-w // CELL)), dtype=np.float32)
             # Video range (Y 16..235) to full range, on cells rather than pixels.
             scale = _VIDEO_RANGE_SCALE
-            kernels.cell_means(layout.pitched(0, h, w), w, scale, -16.0 * scale, out)
-            return out
+            return _cell_means(layout.pitched(0, h, w), w, scale, -16.0 * scale)
         if fmt is PixelFormat.RGBA or fmt is PixelFormat.BGRA:
             rows = _row_block_sums(layout.plane(0, h, 4 * w))
             order = (0, 1, 2) if fmt is PixelFormat.RGBA else (2, 1, 0)
@@ -239,9 +235,7 @@ class FrameDecoder:
             raise FrameRejected(
                 f"JPEG decoded to {w}x{h}, header said {layout.width}x{layout.height}"
             )
-        out = np.empty((-(-h // CELL), -(-w // CELL)), dtype=np.float32)
-        kernels.cell_means(np.ascontiguousarray(plane), w, 1.0, 0.0, out)
-        return out
+        return gray_cell_means(plane)
 
     # ----------------------------------------------------------------------------------------
     # Images for encoding (kept frames only)
@@ -299,6 +293,20 @@ _Y_LUT = [min(255, max(0, round((i - 16) * 255 / 219))) for i in range(256)]
 _C_LUT = [min(255, max(0, round((i - 128) * 255 / 224 + 128))) for i in range(256)]
 
 
+def _cell_means(plane: U8Array, w: int, scale: float, bias: float) -> FloatArray:
+    """scale * the CELLxCELL block means of the first `w` columns of a C-contiguous plane
+    + bias (kernels.cell_means)."""
+    h = plane.shape[0]
+    out = np.empty((-(-h // CELL), -(-w // CELL)), dtype=np.float32)
+    kernels.cell_means(plane, w, scale, bias, out)
+    return out
+
+
+def gray_cell_means(plane: U8Array) -> FloatArray:
+    """Mean luma of every CELLxCELL block of a full-range 8-bit grey plane."""
+    return _cell_means(np.ascontiguousarray(plane), plane.shape[1], 1.0, 0.0)
+
+
 def _gray(plane: U8Array) -> Image.Image:
     """An "L" image of a plane view (copied only when its rows are padded)."""
     return Image.fromarray(np.ascontiguousarray(plane), "L")
@@ -320,27 +328,6 @@ def _row_block_sums(plane: U8Array) -> npt.NDArray[np.uint16]:
         tail = plane[full:].sum(axis=0, dtype=np.uint16)[None, :]
         acc = np.concatenate([acc, tail]) if full else tail
     return acc
-
-
-def _group8_sum_u16(acc: npt.NDArray[np.uint16]) -> npt.NDArray[np.uint64]:
-    """Sum each run of 8 uint16 columns (row length a multiple of 8) with 64-bit lane adds."""
-    words = np.ascontiguousarray(acc).view(np.uint64)  # 4 lanes per word
-    pairs = words.reshape(acc.shape[0], -1, 2)
-    s = pairs[:, :, 0] + pairs[:, :, 1]  # each lane <= 4 * 2040
-    # The top lane of s * 0x0001000100010001 is the sum of the 4 lanes (<= 16320, no carry).
-    return (s * _LANE_SUM) >> _S48
-
-
-def _luma_cell_sums(rows: npt.NDArray[np.uint16]) -> FloatArray:
-    """Luma plane band sums to (ceil(h/8), ceil(w/8)) cell sums (float32)."""
-    hb, w = rows.shape
-    full = w // CELL * CELL
-    out = np.empty((hb, -(-w // CELL)), dtype=np.float32)
-    if full:
-        out[:, : full // CELL] = _group8_sum_u16(rows[:, :full] if full < w else rows)
-    if full < w:
-        out[:, -1] = rows[:, full:].sum(axis=1, dtype=np.uint32)
-    return out
 
 
 def _rgba_cell_luma(

@@ -30,7 +30,6 @@ HASH_BITS = 64
 
 U64Array = npt.NDArray[np.uint64]
 IntArray = npt.NDArray[np.intp]
-Bands = tuple[IntArray, IntArray, IntArray, IntArray]
 
 
 def _dct_matrix(n: int, k: int = 8) -> FloatArray:
@@ -40,10 +39,8 @@ def _dct_matrix(n: int, k: int = 8) -> FloatArray:
     return np.asarray(2.0 * np.cos(np.pi * i * (2 * j + 1) / (2 * n)), dtype=np.float32)
 
 
-_D32 = _dct_matrix(32)
-_D16 = _dct_matrix(_TILE_SAMPLES)
-_D32_64 = _D32.astype(np.float64)
-_D16_64 = _D16.astype(np.float64)
+_D32 = _dct_matrix(32).astype(np.float64)
+_D16 = _dct_matrix(_TILE_SAMPLES).astype(np.float64)
 
 
 def _area_matrix(pixels: int, n_out: int) -> FloatArray:
@@ -63,19 +60,15 @@ def _area_matrix(pixels: int, n_out: int) -> FloatArray:
 class _Geometry:
     rows: FloatArray  # (64, hc)
     cols: FloatArray  # (wc, 64)
-    # Tile index (row-major) of every cell, by the cell's centre.
-    labels: npt.NDArray[np.intp]
-    # Tiles are bands of whole cells: where each band of cell rows / columns starts and ends.
+    # Tiles are bands of whole cells, each cell in the tile of its centre: where each band of
+    # cell rows / columns starts and ends (a band may be empty on tiny frames).
     row_edges: npt.NDArray[np.intp]  # (GRID + 1,)
     col_edges: npt.NDArray[np.intp]
-
-    # When every band has cells: (row starts, column starts, rows per band, columns per band).
-    bands: Bands | None = None
     # `rows` and `cols` as sparse weights: each output sample averages a few cells.
-    row_idx: IntArray | None = None
-    row_w: npt.NDArray[np.float64] | None = None
-    col_idx: IntArray | None = None
-    col_w: npt.NDArray[np.float64] | None = None
+    row_idx: IntArray
+    row_w: npt.NDArray[np.float64]
+    col_idx: IntArray
+    col_w: npt.NDArray[np.float64]
 
 
 @lru_cache(maxsize=32)
@@ -86,19 +79,13 @@ def geometry(height: int, width: int) -> _Geometry:
     cy = (np.arange(hc) * CELL + CELL / 2) * GRID // height
     cx = (np.arange(wc) * CELL + CELL / 2) * GRID // width
     ty, tx = np.clip(cy, 0, GRID - 1).astype(np.intp), np.clip(cx, 0, GRID - 1).astype(np.intp)
-    labels = (ty[:, None] * GRID + tx[None, :]).astype(np.intp)
     row_edges = np.searchsorted(ty, np.arange(GRID + 1), side="left").astype(np.intp)
     col_edges = np.searchsorted(tx, np.arange(GRID + 1), side="left").astype(np.intp)
-    for a in (rows, cols, labels, row_edges, col_edges):
+    for a in (rows, cols, row_edges, col_edges):
         a.setflags(write=False)
-    rows_per, cols_per = np.diff(row_edges), np.diff(col_edges)
-    full = bool(np.all(rows_per > 0) and np.all(cols_per > 0))
-    bands = (row_edges[:-1], col_edges[:-1], rows_per, cols_per) if full else None
     row_idx, row_w = _sparse(rows)
     col_idx, col_w = _sparse(cols.T)
-    return _Geometry(
-        rows, cols, labels, row_edges, col_edges, bands, row_idx, row_w, col_idx, col_w
-    )
+    return _Geometry(rows, cols, row_edges, col_edges, row_idx, row_w, col_idx, col_w)
 
 
 def _sparse(m: FloatArray) -> tuple[IntArray, npt.NDArray[np.float64]]:
@@ -138,12 +125,10 @@ class FrameSignature:
 def compute_signature(cells: FloatArray, width: int, height: int) -> FrameSignature:
     """Global and per-tile pHashes of a frame from its luma cell means."""
     geo = geometry(height, width)
-    assert geo.row_idx is not None and geo.row_w is not None
-    assert geo.col_idx is not None and geo.col_w is not None
     s64 = kernels.resample(cells, geo.row_idx, geo.row_w, geo.col_idx, geo.col_w)
     hashes = np.empty(1 + GRID * GRID, dtype=np.uint64)
     margin = np.empty(1 + GRID * GRID, dtype=np.float32)
-    kernels.phashes(s64, _D32_64, _D16_64, GRID, hashes, margin)
+    kernels.phashes(s64, _D32, _D16, GRID, hashes, margin)
     return FrameSignature(
         width=width,
         height=height,
@@ -161,8 +146,7 @@ def hamming(a: U64Array, b: U64Array) -> npt.NDArray[np.uint8]:
 
 def phash_luma(luma: npt.NDArray[np.uint8]) -> int:
     """The 64-bit global pHash of a full-resolution luma plane (for tests and tools)."""
-    from .frames import _inverse_counts, _luma_cell_sums, _row_block_sums
+    from .frames import gray_cell_means
 
     h, w = luma.shape
-    cells = _luma_cell_sums(_row_block_sums(np.ascontiguousarray(luma))) * _inverse_counts(h, w)
-    return compute_signature(cells, w, h).global_hash
+    return compute_signature(gray_cell_means(luma), w, h).global_hash
