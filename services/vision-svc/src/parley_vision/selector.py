@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from parley_runtime.errors import ParleyError
 
-from .dedup import ContentKind, FrameDeduplicator, is_still
+from .dedup import ChangeReport, ContentKind, FrameDeduplicator, is_still
 from .encode import EncodedFrame, KeptFrameEncoder, estimate_image_tokens, fit_size
 from .frames import FloatArray, FrameDecoder, FrameLayout, RawFrame
 from .phash import FrameSignature, compute_signature
@@ -180,18 +180,8 @@ class TrackFrameSelector:
             assert last_keep is not None
             reason = f"stale: {(t - last_keep) / 1e6:.1f} s since last keep; {report.reason}"
         else:
-            self._bump("dropped_duplicate")
-            return FrameDecision(
-                frame.sequence, frame.timestamp_us, DecisionKind.DROP_DUPLICATE, report.reason,
-                hamming=report.hamming, changed_tiles=report.changed_tiles, stream_time_us=t,
-            )
-        if sig is None:
-            sig = compute_signature(cells, layout.width, layout.height)
-        return FrameDecision(
-            frame.sequence, frame.timestamp_us, kind, reason,
-            hamming=report.hamming, changed_tiles=report.changed_tiles,
-            layout=layout, signature=sig, stream_time_us=t,
-        )
+            return self._duplicate(frame, report, report.reason, t)
+        return self._keep(frame, layout, cells, report, sig, kind, reason, t)
 
     def _settled_decision(
         self, frame: FrameInput, layout: FrameLayout, t: int
@@ -211,17 +201,39 @@ class TrackFrameSelector:
         report, sig = self._dedup.check(cells, layout.width, layout.height, t)
         if not report.changed:
             self._unseen_change = False
-            self._bump("dropped_duplicate")
-            return FrameDecision(
-                frame.sequence, frame.timestamp_us, DecisionKind.DROP_DUPLICATE,
-                f"settled on the kept picture; {report.reason}",
-                hamming=report.hamming, changed_tiles=report.changed_tiles, stream_time_us=t,
+            return self._duplicate(
+                frame, report, f"settled on the kept picture; {report.reason}", t
             )
+        return self._keep(
+            frame, layout, cells, report, sig, DecisionKind.KEEP,
+            f"settled after continuous change: {report.reason}", t,
+        )
+
+    def _duplicate(
+        self, frame: FrameInput, report: ChangeReport, reason: str, t: int
+    ) -> FrameDecision:
+        self._bump("dropped_duplicate")
+        return FrameDecision(
+            frame.sequence, frame.timestamp_us, DecisionKind.DROP_DUPLICATE, reason,
+            hamming=report.hamming, changed_tiles=report.changed_tiles, stream_time_us=t,
+        )
+
+    @staticmethod
+    def _keep(
+        frame: FrameInput,
+        layout: FrameLayout,
+        cells: FloatArray,
+        report: ChangeReport,
+        sig: FrameSignature | None,
+        kind: DecisionKind,
+        reason: str,
+        t: int,
+    ) -> FrameDecision:
+        """A keep, carrying what commit() needs: the frame to encode and its signature."""
         if sig is None:
             sig = compute_signature(cells, layout.width, layout.height)
         return FrameDecision(
-            frame.sequence, frame.timestamp_us, DecisionKind.KEEP,
-            f"settled after continuous change: {report.reason}",
+            frame.sequence, frame.timestamp_us, kind, reason,
             hamming=report.hamming, changed_tiles=report.changed_tiles,
             layout=layout, signature=sig, stream_time_us=t,
         )
