@@ -96,6 +96,9 @@ class WorkerSettings(ServiceSettings):
     # speaking rate with an STFT of every TTS frame, ~10% of a session's CPU while the agent
     # talks (bench/agent). Off: each sentence's caption is sent as soon as it is known.
     agent_sync_transcription: bool = False
+    # Silero VAD inference (~0.13 ms per 32 ms window) run on the session's loop instead of a
+    # thread-pool hop per window (parley_agent.vad); false: the plugin's own path.
+    agent_vad_inline: bool = True
 
     # Vision: frames sent to vision-svc per second at most per track (0: every frame), and the
     # reconnect backoff of a failed frame stream.

@@ -17,7 +17,6 @@ import psutil
 from livekit import rtc
 from livekit.agents import AgentServer, JobContext, JobProcess, JobRequest
 from livekit.agents.worker import ServerEnvOption
-from livekit.plugins import silero
 from parley_runtime.server import make_signer
 from parley_runtime.usage import UsageClientSettings, make_usage_recorder
 
@@ -28,6 +27,7 @@ from .metadata import JobIdentity, MetadataError, parse_job_identity
 from .metrics import ACTIVE_SESSIONS, JOBS
 from .session import AssistantRuntime, Backends, NoteTakerRuntime, default_session_id
 from .tenancy import TenantDirectory, TenantProfile, TenantRefused
+from .vad import load_vad
 
 AGENT_IDENTITY_PREFIX = "parley-"
 ATTR_ROLE = "parley.role"
@@ -97,7 +97,7 @@ class SessionLoad:
 def prewarm(settings: WorkerSettings, proc: JobProcess) -> None:
     """Runs once in each job process before it takes a job: load the models it will use."""
     started = time.perf_counter()
-    proc.userdata["vad"] = silero.VAD.load()
+    proc.userdata["vad"] = load_vad(inline=settings.agent_vad_inline)
     if settings.agent_preload_stt:
         local_stt.load_whisper(settings.agent_stt_threads)
     logger.info("job process ready", extra={"prewarm_s": round(time.perf_counter() - started, 3)})
