@@ -26,6 +26,7 @@ from parley_router.chat import (
 from parley_router.failover import (
     Admission,
     Answering,
+    Attempting,
     AttemptReport,
     FailoverOptions,
     FailoverRunner,
@@ -82,6 +83,8 @@ class FakeProvider:
         behaviour = self.scripts.get(model.model_id, lambda _n: "ok")(n)
         if isinstance(behaviour, ProviderError):
             raise behaviour
+        if ctx.on_sent is not None:  # accepted: the model thinks (or answers at once)
+            ctx.on_sent()
         if behaviour == "stall":
             await asyncio.sleep(60)
         yield TextDelta(f"{model.model_id} says hi")
@@ -101,6 +104,7 @@ class Hooks:
         self.error = error
         self.reports: list[AttemptReport] = []
         self.admitted_at: list[float] = []
+        self.attempting: list[Attempting] = []  # kept apart by run()
 
     async def admit(self, model: Any) -> Admission:
         if self.delay_s:
@@ -137,7 +141,10 @@ async def run(r: FailoverRunner, hooks: Hooks | None = None, deadline_s: float =
     events = []
     async for ev in r.run(chain=chain, request=REQ, ctx=CTX,
                           deadline=time.monotonic() + deadline_s, hooks=hooks):
-        events.append(ev)
+        if isinstance(ev, Attempting):
+            hooks.attempting.append(ev)
+        else:
+            events.append(ev)
     return events, hooks
 
 
@@ -317,6 +324,69 @@ async def test_first_token_wait_starts_once_the_call_is_admitted() -> None:
     events, hooks = await run(r, Hooks(delay_s=0.25))
     assert events[0].model is A and events[0].attempt == 1
     assert [rep.outcome for rep in hooks.reports] == ["ok"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Attempting: the route can go out while the model thinks, not in front of its first token.
+
+
+async def test_attempting_comes_once_the_request_is_accepted_and_before_the_first_token(
+    gated: bool,
+) -> None:
+    r, p = runner({})
+    orig = p["google"].stream
+    seen: list[Any] = []
+
+    async def thinking(model: Any, request: ChatRequest, ctx: CallContext, *,
+                       timeout_s: float) -> AsyncIterator[ProviderEvent]:
+        first = True
+        async for ev in orig(model, request, ctx, timeout_s=timeout_s):
+            if first:  # the request is out (counted in `calls`); the model thinks a while
+                first = False
+                await asyncio.sleep(0.05)
+            yield ev
+
+    p["google"].stream = thinking  # type: ignore[method-assign]
+    async for ev in r.run(chain=(A, B), request=REQ, ctx=CTX, deadline=time.monotonic() + 5,
+                          hooks=Hooks(delay_s=0.01)):
+        if isinstance(ev, Attempting):
+            assert p["google"].calls == {A.model_id: 1}  # admitted and sent, nothing more
+        seen.append(ev)
+    assert [type(e).__name__ for e in seen[:3]] == ["Attempting", "Answering", "TextDelta"]
+    assert seen[0].model is A and seen[0].attempt == 1 and not seen[0].fallback_used
+
+
+async def test_each_model_tried_is_announced_and_the_answering_one_last(gated: bool) -> None:
+    r, _ = runner({A.model_id: lambda n: "stall"})
+    events, hooks = await run(r)
+    assert [(e.model, e.attempt, e.fallback_used) for e in hooks.attempting][:1] == [(A, 1, False)]
+    assert isinstance(events[0], Answering) and events[0].model is B
+    assert all(e.model is B for e in hooks.attempting[1:])
+    assert "no first token" in " ".join(events[0].notes)
+
+
+async def test_an_answer_ready_before_the_runner_looks_is_not_announced_twice() -> None:
+    # The scripted provider answers without waiting: nothing to announce before Answering.
+    r, _ = runner({})
+    events, hooks = await run(r)
+    assert not hooks.attempting and isinstance(events[0], Answering)
+
+
+async def test_a_provider_that_does_not_say_it_sent_gets_no_attempting() -> None:
+    provider = BurstProvider(list(SCRIPT), gap_s=0.02)  # thinks, but never calls on_sent
+    events, hooks = await run(burst_runner(provider), chain=(A,))
+    assert not hooks.attempting and isinstance(events[0], Answering)
+
+
+async def test_closing_while_the_model_thinks_cancels_the_call_and_settles_nothing() -> None:
+    r, p = runner({A.model_id: lambda n: "stall"})
+    hooks = Hooks()
+    gen = r.run(chain=(A, B), request=REQ, ctx=CTX, deadline=time.monotonic() + 5, hooks=hooks)
+    first = await anext(gen)
+    assert isinstance(first, Attempting) and first.model is A
+    await gen.aclose()
+    assert hooks.reports == [] and p["google"].calls == {A.model_id: 1}
+    assert not p["anthropic"].calls
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,15 @@ import grpc
 import httpx
 import pytest
 from parley.router.v1 import router_pb2
-from parley_router.testing import MakeRouter, chat, md, model_stats, set_fault, user
+from parley_router.testing import (
+    MakeRouter,
+    RouterUnderTest,
+    chat,
+    md,
+    model_stats,
+    set_fault,
+    user,
+)
 from parley_runtime.errors import RETRY_AFTER_TRAILER
 
 pytestmark = pytest.mark.integration
@@ -144,6 +152,47 @@ async def test_stall_before_the_first_token_fails_over_within_the_deadline(
     assert res.route.model_id == FALLBACK and res.text
     assert time.perf_counter() - start < 2.5
     assert "no first token" in res.route.reason
+    # The primary's adapter does not report its request as sent: its route would have come
+    # with its first token, which never came; one route, for the model that answered.
+    assert res.events[0] == "route" and res.events.count("route") == 1
+
+
+async def _timed_events(r: RouterUnderTest, request: router_pb2.StreamChatRequest,
+                        ) -> list[tuple[str, str, float]]:
+    start = time.perf_counter()
+    seen: list[tuple[str, str, float]] = []
+    async for ev in r.stub.StreamChat(request, metadata=md("acme"), timeout=3.0):
+        kind = ev.WhichOneof("event")
+        seen.append((kind, ev.route.model_id if kind == "route" else "",
+                     time.perf_counter() - start))
+    return seen
+
+
+PREMIUM_FIRST, PREMIUM_FALLBACK = "claude-sonnet-4-6", "gemini-2.5-pro"
+
+
+async def test_the_route_goes_out_while_the_model_thinks(
+    make_router: MakeRouter, emulator: httpx.AsyncClient,
+) -> None:
+    r = await make_router()
+    await set_fault(emulator, model=PREMIUM_FIRST, ttft_ms=400)
+    seen = await _timed_events(r, chat(user("hello"), tier=router_pb2.TIER_PREMIUM))
+    assert [k for k, _, _ in seen][:2] == ["route", "text_delta"] and seen[-1][0] == "completion"
+    assert seen[0][1] == PREMIUM_FIRST
+    assert seen[0][2] < 0.3 <= seen[1][2]  # the route came while the model was thinking
+
+
+async def test_each_model_tried_gets_a_route_the_last_names_the_one_answering(
+    make_router: MakeRouter, emulator: httpx.AsyncClient,
+) -> None:
+    r = await make_router(first_token_timeout_s=0.5)
+    await set_fault(emulator, model=PREMIUM_FIRST, stall_after_tokens=0, stall_s=30)
+    seen = await _timed_events(r, chat(user("hello"), tier=router_pb2.TIER_PREMIUM))
+    routes = [(model, at) for kind, model, at in seen if kind == "route"]
+    assert [model for model, _ in routes] == [PREMIUM_FIRST, PREMIUM_FALLBACK]
+    assert routes[0][1] < 0.4  # long before the first model's first-token wait ran out
+    assert routes[1][1] >= 0.5
+    assert seen[2][0] == "text_delta" and seen[-1][0] == "completion"
 
 
 async def test_stall_after_the_first_token_is_a_clear_error_within_the_deadline(

@@ -41,6 +41,7 @@ async def test_streams_route_then_deltas_then_completion(make_router: MakeRouter
     res = await r.turn(chat(system("Our store opens at 9am on weekdays."),
                             user("when does the store open?"), turn_id="t-basic"))
     assert res.events[0] == "route" and res.events[-1] == "completion"
+    assert res.events.count("route") == 1  # one model tried: one route
     assert res.events.count("text_delta") >= 2
     assert res.route.tier == router_pb2.TIER_SIMPLE
     assert res.route.model_id == "gemini-2.5-flash-lite"

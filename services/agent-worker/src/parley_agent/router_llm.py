@@ -77,6 +77,8 @@ class TurnOutcome:
     """What the router reported about one LLM call, for observers (transcripts, latency)."""
 
     turn_id: str
+    # The last RouteDecision received: a router sends one per model it tried (while that model
+    # thinks), so it names the model that answered, or on a failed call the last one tried.
     route: router_pb2.RouteDecision | None
     completion: router_pb2.Completion | None
     # Seconds from the RPC start to the first text delta or tool call seen here (None: none).

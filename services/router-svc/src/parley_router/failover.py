@@ -10,6 +10,11 @@ Rules:
 - Every wait is bounded by the turn's deadline: the first-token wait, the stall wait between
   chunks, backoffs and Retry-After waits. When the deadline cannot be met the turn fails with
   a clear status before the caller's own deadline fires.
+
+Events: `Attempting` once an attempt's request is out (admitted, sent, the provider accepted
+it and is thinking), so the caller can be told the route while it waits rather than in front
+of the first token; `Answering` when that attempt's first output arrived (the model that answers);
+then the output and one `TurnFinished`.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from collections.abc import (
 )
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from parley_runtime.catalog import ModelEntry
@@ -52,6 +58,7 @@ from .providers.base import (
 __all__ = [
     "Admission",
     "Answering",
+    "Attempting",
     "AttemptOutcome",
     "AttemptReport",
     "FailoverOptions",
@@ -115,6 +122,21 @@ class TurnHooks(Protocol):
 
 
 @dataclass(slots=True)
+class Attempting:
+    """An attempt on `model` was admitted and its request is out: the provider said so
+    (CallContext.on_sent) and its first output is awaited.
+
+    Not sent for providers that do not say so, nor when the attempt resolved (output or error)
+    before the runner looked again: `Answering` then comes first.
+    """
+
+    model: ModelEntry
+    attempt: int
+    fallback_used: bool
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class Answering:
     """The model that answers; sent before its first output."""
 
@@ -124,7 +146,7 @@ class Answering:
     notes: list[str] = field(default_factory=list)
 
 
-RunEvent = Answering | TextDelta | ToolCallEvent | TurnFinished
+RunEvent = Attempting | Answering | TextDelta | ToolCallEvent | TurnFinished
 
 
 class FailoverRunner:
@@ -191,35 +213,52 @@ class FailoverRunner:
                 probing = breaker.is_probing
                 first_wait = o.probe_first_token_timeout_s if probing else o.first_token_timeout_s
                 provider = self._providers.get(model.provider)
+                gate: _AdmissionGate | None = None
                 if provider is not None and getattr(provider, "honours_send_gate", False):
                     # The admission round trip runs while the provider prepares its request;
-                    # the request leaves only once admitted (_AdmissionGate).
+                    # the request leaves only once admitted (_AdmissionGate). Both are tasks,
+                    # started in this order: the admission's request goes out first, then the
+                    # (longer) preparation of the call runs under its round trip.
                     gate = _AdmissionGate(hooks.admit(model))
-                    try:
-                        # One loop turn: the admission sends its request before the (longer)
-                        # preparation of the call starts, so the two overlap.
-                        await asyncio.sleep(0)
-                        result = await self._first(model, request, ctx, attempt + 1, now,
-                                                   first_wait, hard_deadline, gate)
-                    except BaseException:
-                        gate.cancel()
-                        raise
-                    admission = await gate.outcome()  # the admission's own error propagates
-                    if not admission.allowed and not isinstance(result, ProviderError):
-                        await _close(result[0])  # cannot happen: nothing is sent unadmitted
                 else:
                     admission = await hooks.admit(model)
-                    result = None
-                if not admission.allowed:
-                    breaker.release_probe()
-                    limit_waits.append(admission.retry_after_s)
-                    _note(notes, f"{model.model_id} skipped: {admission.reason or 'rate limited'}")
-                    continue
+                    if not admission.allowed:
+                        breaker.release_probe()
+                        limit_waits.append(admission.retry_after_s)
+                        _note(notes, f"{model.model_id} skipped: "
+                                     f"{admission.reason or 'rate limited'}")
+                        continue
+                # The call runs as a task so that this generator can hand on `Attempting` once
+                # the provider reports its request sent (or the call resolved, whichever first).
+                sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                call = asyncio.ensure_future(self._first(
+                    model, request, ctx, attempt + 1, now, first_wait, hard_deadline, gate,
+                    partial(_resolve, sent)))
+                call.add_done_callback(partial(_resolve, sent))
+                try:
+                    await sent
+                    if not call.done():
+                        # The request is out and the provider is thinking: the caller can
+                        # hear the route now, while nothing on this turn's path is waiting.
+                        yield Attempting(model, attempt + 1, model is not chain[0], list(notes))
+                    result = await call
+                except BaseException:
+                    if gate is not None:
+                        gate.cancel()
+                    await _cancel(call)
+                    raise
+                if gate is not None:
+                    admission = await gate.outcome()  # the admission's own error propagates
+                    if not admission.allowed:
+                        if not isinstance(result, ProviderError):
+                            await _close(result[0])  # cannot happen: nothing is sent unadmitted
+                        breaker.release_probe()
+                        limit_waits.append(admission.retry_after_s)
+                        _note(notes, f"{model.model_id} skipped: "
+                                     f"{admission.reason or 'rate limited'}")
+                        continue
                 attempt += 1
                 tried = True
-                if result is None:
-                    result = await self._first(model, request, ctx, attempt, now, first_wait,
-                                               hard_deadline)
                 if isinstance(result, ProviderError):
                     err = result
                     errors.append(err)
@@ -275,11 +314,13 @@ class FailoverRunner:
         first_wait: float,
         hard_deadline: float,
         gate: _AdmissionGate | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> ProviderError | tuple[AsyncIterator[object], object, float]:
         """Start a call and wait for its first event; errors come back as values.
 
         With a `gate`, the first-token wait starts when the gate opens (the admission itself is
-        bounded by the limiter's own timeouts and by the turn's deadline).
+        bounded by the limiter's own timeouts and by the turn's deadline). `on_sent` goes to
+        the provider (CallContext.on_sent).
         """
         provider = self._providers.get(model.provider)
         if provider is None:
@@ -287,7 +328,7 @@ class FailoverRunner:
                                  f"provider {model.provider!r} is not configured")
         budget = max(0.0, min(first_wait, hard_deadline - started))
         call_ctx = CallContext(ctx.tenant_id, ctx.session_id, ctx.turn_id, attempt,
-                               gate.wait if gate is not None else None)
+                               gate.wait if gate is not None else None, on_sent)
         gen = provider.stream(model, request, call_ctx, timeout_s=max(0.1, hard_deadline - started))
         try:
             loop = asyncio.get_running_loop()
@@ -431,6 +472,26 @@ def _note(notes: list[str], text: str) -> None:
         notes.append(text)
 
 
+def _resolve(fut: asyncio.Future[None], *_: object) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def _cancel(task: asyncio.Future[Any]) -> None:
+    """Cancel an attempt's task and let it close its stream (its outcome no longer matters)."""
+    if task.done():
+        if not task.cancelled():
+            result = task.exception() or task.result()
+            if isinstance(result, tuple):
+                await _close(result[0])
+        return
+    task.cancel()
+    try:
+        await task
+    except BaseException:  # cancelled, or a late result: the turn is going away anyway
+        pass
+
+
 class _AdmissionGate:
     """An attempt's admission, decided concurrently with the preparation of its call.
 
@@ -449,7 +510,8 @@ class _AdmissionGate:
     async def wait(self) -> None:
         # Shielded: a first-token timeout or a cancelled turn must not cut the admission's
         # round trip in half (its verdict is still read by the runner).
-        admission = await asyncio.shield(self._task)
+        task = self._task
+        admission = task.result() if task.done() else await asyncio.shield(task)
         if not admission.allowed:
             raise NotAdmitted(admission.reason or "rate limited")
         if self.on_open is not None:

@@ -32,7 +32,7 @@ from .chat import (
     validate_request,
 )
 from .complexity import ComplexityEstimator, SeedHeuristic, Tier
-from .failover import Admission, Answering, AttemptReport, FailoverRunner
+from .failover import Admission, Answering, Attempting, AttemptReport, FailoverRunner
 from .metrics import RouterMetrics
 from .policy import (
     ChainCandidate,
@@ -105,6 +105,10 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class Routed:
+    """The model a turn's request went to: sent while that model is thinking, and again (for
+    the next model) each time failover moves on, so the last one before the output names the
+    model that answers."""
+
     decision: Decision
     model: ModelEntry
     attempt: int
@@ -321,7 +325,8 @@ class TurnRouter:
         )
         hooks = _TurnHooks(self, turn, decision, policy)
         ctx = CallContext(turn.tenant_id, turn.session_id, turn.turn_id, 0)
-        routed: Routed | None = None
+        routed: Routed | None = None  # the last route sent
+        answering: Answering | None = None
         ttft_ms = 0.0
         outcome = "error"
         self.metrics.active_streams.inc()
@@ -331,27 +336,33 @@ class TurnRouter:
                 hooks=hooks,
             )) as events:
                 async for event in events:
-                    if isinstance(event, Answering):
-                        reason = decision.reason
-                        if event.notes:
-                            reason += "; fallback: " + "; ".join(event.notes[-4:])
-                        routed = Routed(decision, event.model, event.attempt, event.fallback_used,
-                                        reason)
-                        if event.fallback_used:
-                            self.metrics.fallback(decision.tier.label)
-                        yield routed
+                    if isinstance(event, (Attempting, Answering)):
+                        if isinstance(event, Answering):
+                            answering = event
+                            if event.fallback_used:
+                                self.metrics.fallback(decision.tier.label)
+                        # One route per model tried (a retry of the same model adds none): out
+                        # while it thinks, or here, right before its output, when it answered
+                        # before the runner could say it was attempting.
+                        if routed is None or routed.model is not event.model:
+                            reason = decision.reason
+                            if event.notes:
+                                reason += "; fallback: " + "; ".join(event.notes[-4:])
+                            routed = Routed(decision, event.model, event.attempt,
+                                            event.fallback_used, reason)
+                            yield routed
                     elif isinstance(event, TurnFinished):
-                        assert routed is not None
+                        assert answering is not None
                         now = time.monotonic()
                         outcome = "ok"
                         yield Completed(
                             finish_reason=event.finish_reason,
                             usage=event.usage,
-                            cost_usd=usage_cost_usd(routed.model, event.usage, self._today()),
-                            model=routed.model,
+                            cost_usd=usage_cost_usd(answering.model, event.usage, self._today()),
+                            model=answering.model,
                             tier=decision.tier,
-                            fallback_used=routed.fallback_used,
-                            attempts=routed.attempt,
+                            fallback_used=answering.fallback_used,
+                            attempts=answering.attempt,
                             ttft_ms=ttft_ms or (now - started) * 1000,
                             total_ms=(now - started) * 1000,
                         )

@@ -283,6 +283,8 @@ class AnthropicProvider:
             raise translate_error(exc, in_stream=False) from exc
         finally:
             _SEND_GATE.reset(gate)
+        if ctx.on_sent is not None:
+            ctx.on_sent()  # the response has started: the request is out, the model thinks
         http = response.http_response
         loads = orjson.loads
         usage = Usage(images=request.image_count)

@@ -113,6 +113,11 @@ class CallContext:
     attempt: int
     # Set when the call's admission is still being decided (see ChatProvider.honours_send_gate).
     send_gate: SendGate | None = None
+    # Called by the provider, when set, once its request has gone out and been accepted (the
+    # response has started) and before it waits for the first output: the router then tells
+    # its caller the route while the model thinks. Optional for providers: without it the
+    # route goes out right before the first output.
+    on_sent: Callable[[], None] | None = None
 
 
 class ChatProvider(Protocol):

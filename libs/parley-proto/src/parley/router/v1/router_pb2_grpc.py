@@ -59,6 +59,11 @@ class RouterServiceServicer:
     def StreamChat(self, request, context):
         """StreamChat routes one turn and streams the answer: a RouteDecision first, then text deltas
         and tool calls as the provider produces them, and a final Completion carrying usage.
+        The RouteDecision goes out once the chosen model's request is on its way (while it thinks,
+        not in front of its first token). When failover moves to another model before any output,
+        another RouteDecision follows for that model: the last one before the output names the
+        model that answers (as does the Completion). Readers keep the latest; a router before this
+        change sent exactly one, for the answering model, right before its output.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

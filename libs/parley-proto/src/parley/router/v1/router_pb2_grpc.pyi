@@ -36,6 +36,11 @@ class RouterServiceStub:
     StreamChat: _grpc.UnaryStreamMultiCallable[_router_pb2.StreamChatRequest, _router_pb2.StreamChatResponse]
     """StreamChat routes one turn and streams the answer: a RouteDecision first, then text deltas
     and tool calls as the provider produces them, and a final Completion carrying usage.
+    The RouteDecision goes out once the chosen model's request is on its way (while it thinks,
+    not in front of its first token). When failover moves to another model before any output,
+    another RouteDecision follows for that model: the last one before the output names the
+    model that answers (as does the Completion). Readers keep the latest; a router before this
+    change sent exactly one, for the answering model, right before its output.
     """
     ClassifyTurn: _grpc.UnaryUnaryMultiCallable[_router_pb2.ClassifyTurnRequest, _router_pb2.ClassifyTurnResponse]
     """ClassifyTurn returns the routing decision for a turn without calling any model."""
@@ -50,6 +55,11 @@ class RouterServiceAsyncStub(RouterServiceStub):
     StreamChat: _aio.UnaryStreamMultiCallable[_router_pb2.StreamChatRequest, _router_pb2.StreamChatResponse]  # type: ignore[assignment]
     """StreamChat routes one turn and streams the answer: a RouteDecision first, then text deltas
     and tool calls as the provider produces them, and a final Completion carrying usage.
+    The RouteDecision goes out once the chosen model's request is on its way (while it thinks,
+    not in front of its first token). When failover moves to another model before any output,
+    another RouteDecision follows for that model: the last one before the output names the
+    model that answers (as does the Completion). Readers keep the latest; a router before this
+    change sent exactly one, for the answering model, right before its output.
     """
     ClassifyTurn: _aio.UnaryUnaryMultiCallable[_router_pb2.ClassifyTurnRequest, _router_pb2.ClassifyTurnResponse]  # type: ignore[assignment]
     """ClassifyTurn returns the routing decision for a turn without calling any model."""
@@ -67,6 +77,11 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_router_pb2.StreamChatResponse], _abc.AsyncIterator[_router_pb2.StreamChatResponse]]:
         """StreamChat routes one turn and streams the answer: a RouteDecision first, then text deltas
         and tool calls as the provider produces them, and a final Completion carrying usage.
+        The RouteDecision goes out once the chosen model's request is on its way (while it thinks,
+        not in front of its first token). When failover moves to another model before any output,
+        another RouteDecision follows for that model: the last one before the output names the
+        model that answers (as does the Completion). Readers keep the latest; a router before this
+        change sent exactly one, for the answering model, right before its output.
         """
 
     @_abc_1.abstractmethod
