@@ -17,22 +17,31 @@ Run from the repository root: `make bench-kb` (default 200k chunks) or
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
-import math
 import os
-import shutil
-import sys
-import tempfile
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-import asyncpg
-import numpy as np
+# One BLAS thread: exact search is a matrix-vector product, and on a 194k-row tenant OpenBLAS
+# runs it on both cores, after which its worker thread spins for tens of milliseconds (measured:
+# ~25 ms of CPU in a 50 ms sleep after one product) on the core the database needs: the
+# largest tenant's timed searches then competed with the bench's own idle thread. Set before
+# numpy loads OpenBLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Awaitable, Callable  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import asyncpg  # noqa: E402
+import numpy as np  # noqa: E402
 
 APP_ROLE = "parley_kb_bench"
 APP_PASSWORD = "bench-only-password"
@@ -56,6 +65,7 @@ class Result:
     latencies_ms: list[float] = field(default_factory=list)
     server_ms: list[float] = field(default_factory=list)
     plan_ms: list[float] = field(default_factory=list)
+    pages_read: list[int] = field(default_factory=list)  # per query, not in shared buffers
     cold_ms: list[float] = field(default_factory=list)  # first pass after the index build
     short: int = 0
 
@@ -71,6 +81,10 @@ class Result:
 
     def server_cell(self, q: float) -> str:
         return f"{self.server_pct(q):>7.2f}" if self.server_ms else f"{'-':>7}"
+
+    def reads_cell(self) -> str:
+        return (f"{float(np.percentile(self.pages_read, 50)):>5.0f}" if self.pages_read
+                else f"{'-':>5}")
 
     def plan_cell(self) -> str:
         return f"{float(np.percentile(self.plan_ms, 50)):>7.2f}" if self.plan_ms else f"{'-':>7}"
@@ -128,12 +142,17 @@ def queries_for(rng: np.random.Generator, t: Tenant, extra: dict[str, np.ndarray
     return out
 
 
-def exact_top(vectors: np.ndarray, t: Tenant, q: np.ndarray) -> list[int]:
+def exact_tops(vectors: np.ndarray, t: Tenant, queries: np.ndarray) -> list[list[int]]:
+    """Exact top-k of every query (ground truth), computed before any search is timed."""
     block = vectors[t.start:t.start + t.rows]
-    sims = block @ q
     k = min(K, t.rows)
-    idx = np.argpartition(-sims, k - 1)[:k] if t.rows > k else np.arange(t.rows)
-    return [int(t.start + i) for i in idx[np.argsort(-sims[idx])]]
+    out: list[list[int]] = []
+    for s in range(0, len(queries), 64):
+        sims = queries[s:s + 64] @ block.T
+        for row in sims:
+            idx = np.argpartition(-row, k - 1)[:k] if t.rows > k else np.arange(t.rows)
+            out.append([int(t.start + i) for i in idx[np.argsort(-row[idx])]])
+    return out
 
 
 def log(msg: str) -> None:
@@ -208,20 +227,22 @@ async def bulk_load(admin_dsn: str, table: str, tenants: list[Tenant],
 
 
 QueryFn = Callable[[str, np.ndarray], Awaitable[list[int]]]
-ExplainFn = Callable[[str, np.ndarray], Awaitable[tuple[float, float]]]
+ExplainFn = Callable[[str, np.ndarray], Awaitable[tuple[float, float, int]]]
+EXPLAINED = 200  # queries per tenant whose server time is measured (EXPLAIN ANALYZE)
 
 
 async def explain_ms(conn: asyncpg.Connection, settings_sql: str, settings_args: list[Any],
-                     sql: str, args: list[Any]) -> tuple[float, float]:
+                     sql: str, args: list[Any]) -> tuple[float, float, int]:
     """Server-side planning and execution time of one query (EXPLAIN ANALYZE, same settings,
     custom plan): the database's share of the latency, apart from the client and the
-    scheduler."""
+    scheduler; and the pages it had to read into shared buffers (not resident)."""
     async with conn.transaction():
         await conn.execute(settings_sql, *settings_args)
         plan = await conn.fetchval(
-            "EXPLAIN (ANALYZE, TIMING OFF, SUMMARY ON, FORMAT JSON) " + sql, *args)
+            "EXPLAIN (ANALYZE, BUFFERS, TIMING OFF, SUMMARY ON, FORMAT JSON) " + sql, *args)
     data = json.loads(plan) if isinstance(plan, str) else plan
-    return float(data[0]["Planning Time"]), float(data[0]["Execution Time"])
+    return (float(data[0]["Planning Time"]), float(data[0]["Execution Time"]),
+            int(data[0]["Plan"].get("Shared Read Blocks", 0)))
 
 
 async def warm_up(fn: QueryFn, tenant: Tenant, warmup: np.ndarray) -> list[float]:
@@ -236,13 +257,13 @@ async def warm_up(fn: QueryFn, tenant: Tenant, warmup: np.ndarray) -> list[float
 
 
 async def measure(strategies: dict[str, QueryFn], tenant: Tenant, queries: np.ndarray,
-                  vectors: np.ndarray, explain: ExplainFn | None = None) -> list[Result]:
+                  truths: list[list[int]], explain: ExplainFn | None = None) -> list[Result]:
     """The strategies query by query, in an order rotating per query, so none of them always
     meets pages another one just read, and load on the machine hits them alike."""
     results = {label: Result(label, tenant) for label in strategies}
     order = list(strategies.items())
     for i, q in enumerate(queries):
-        truth = exact_top(vectors, tenant, q)
+        truth = truths[i]
         k = i % len(order)
         for label, fn in order[k:] + order[:k]:
             t0 = time.perf_counter()
@@ -254,10 +275,11 @@ async def measure(strategies: dict[str, QueryFn], tenant: Tenant, queries: np.nd
                 result.short += 1
     if explain is not None:
         first = results[order[0][0]]
-        for q in queries[:50]:
-            plan_ms, exec_ms = await explain(tenant.tenant_id, q)
+        for q in queries[:EXPLAINED]:
+            plan_ms, exec_ms, read = await explain(tenant.tenant_id, q)
             first.plan_ms.append(plan_ms)
             first.server_ms.append(exec_ms)
+            first.pages_read.append(read)
     return list(results.values())
 
 
@@ -270,7 +292,11 @@ def round_trips(conn: asyncpg.Connection) -> int:
 async def search_benchmarks(admin_dsn: str, app_dsn: str, tenants: list[Tenant],
                             vectors: np.ndarray, n_queries: int, ef_values: list[int],
                             rng: np.random.Generator, extra: dict[str, np.ndarray],
-                            n_warmup: int) -> tuple[list[Result], dict[str, int]]:
+                            n_warmup: int, tune: Callable[[], Awaitable[list[Any]]] | None = None,
+                            ) -> tuple[list[Result], dict[str, int], list[Any]]:
+    """kb-svc's search path against the previous session path, per tenant size. With `tune`
+    (kb-svc's tune-search), the largest tenant is measured first on the default graph, then
+    tune-search runs, then every tenant is measured."""
     from parley_kb.store import _KNN_ON, PgKnowledgeStore, init_connection
 
     chosen = [t for t in tenants if t.label]
@@ -279,8 +305,11 @@ async def search_benchmarks(admin_dsn: str, app_dsn: str, tenants: list[Tenant],
                for t in chosen}
     warmups = {t.tenant_id: queries_for(rng, t, extra, n_warmup, vectors.shape[1])
                for t in chosen}
+    by_id = {t.tenant_id: t for t in chosen}
+    truths = {tid: exact_tops(vectors, by_id[tid], qs) for tid, qs in queries.items()}
     results: list[Result] = []
     counted: dict[str, int] = {}
+    tuned: list[Any] = []
     cold_done = False
 
     def key_of(doc_chunk: tuple[str, int]) -> int:
@@ -288,7 +317,6 @@ async def search_benchmarks(admin_dsn: str, app_dsn: str, tenants: list[Tenant],
 
     app_conn = await asyncpg.connect(app_dsn)
     await init_connection(app_conn)
-    rows = {t.tenant_id: t.rows for t in tenants}
     for ef in ef_values:
         # Two connections: a read-only session commits and returns its connection after the
         # caller has its rows, and the next search takes the other one, as in the service
@@ -309,31 +337,49 @@ async def search_benchmarks(admin_dsn: str, app_dsn: str, tenants: list[Tenant],
                         "SELECT set_config('app.tenant_id', $1, true),"
                         " set_config('hnsw.ef_search', $2, true),"
                         " set_config('hnsw.iterative_scan', 'relaxed_order', true)" + _KNN_ON,
-                        tenant_id, str(store.ef_for(rows[tenant_id])))
+                        tenant_id, str(ef_used(store, tenant_id)))
                     found = await conn.fetch(store._sql.vector, tenant_id, q, K)
                 return [key_of((r["document_id"], r["chunk_index"])) for r in found]
 
             async def service_explain(tenant_id: str, q: np.ndarray, store: Any = store
-                                      ) -> tuple[float, float]:
-                ef_used = store.ef_for(rows[tenant_id])  # what the service uses for this size
+                                      ) -> tuple[float, float, int]:
                 return await explain_ms(
                     app_conn,
                     "SELECT set_config('app.tenant_id', $1, true),"
                     " set_config('hnsw.ef_search', $2, true),"
                     " set_config('hnsw.iterative_scan', 'relaxed_order', true)" + _KNN_ON,
-                    [tenant_id, str(ef_used)], store._sql.vector, [tenant_id, q, K])
+                    [tenant_id, str(ef_used(store, tenant_id))], store._sql.vector,
+                    [tenant_id, q, K])
 
             if not counted:
                 counted = await count_round_trips(store, chosen[-1], queries, service, previous)
+            if tune is not None and not tuned:
+                big = chosen[0]
+                await warm_up(service, big, warmups[big.tenant_id])
+                await store.settle()
+                used = ef_used(store, big.tenant_id)
+                [before] = await measure(
+                    {f"kb-svc before tune-search (ef_search {ef} -> {used})":
+                     service}, big, queries[big.tenant_id], truths[big.tenant_id],
+                    service_explain)
+                results.append(before)
+                log("  tune-search")
+                tuned = await tune()
+                await store.settle()
+                for t in tenants:
+                    store.forget_tenant(t.tenant_id)
+                _EF_SEEN.clear()
             for t in chosen:
-                # "base -> used": the service scales ef_search with the partition's size
-                used = store.ef_for(t.rows)
                 cold = await warm_up(service, t, warmups[t.tenant_id])
+                await store.settle()
                 await warm_up(previous, t, warmups[t.tenant_id][:20])
+                # "base -> used": the service scales ef_search with the partition's size, or
+                # uses the partition's calibration (tune-search)
+                used = ef_used(store, t.tenant_id)
                 measured = await measure(
                     {f"kb-svc partitions (ef_search {ef} -> {used})": service,
                      f"kb-svc, previous session path (ef_search {ef} -> {used})": previous},
-                    t, queries[t.tenant_id], vectors, service_explain)
+                    t, queries[t.tenant_id], truths[t.tenant_id], service_explain)
                 if not cold_done:
                     measured[0].cold_ms = cold
                 results.extend(measured)
@@ -364,12 +410,24 @@ async def search_benchmarks(admin_dsn: str, app_dsn: str, tenants: list[Tenant],
                 # where asyncpg's prepared statement runs a generic plan after five calls.
                 cold = await warm_up(baseline, t, warmups[t.tenant_id])
                 [base_result] = await measure({label: baseline}, t, queries[t.tenant_id],
-                                              vectors)
+                                              truths[t.tenant_id])
                 base_result.cold_ms = cold
                 results.append(base_result)
     finally:
         await conn.close()
-    return results, counted
+    return results, counted, tuned
+
+
+_EF_SEEN: dict[str, int] = {}
+
+
+def ef_used(store: Any, tenant_id: str) -> int:
+    """The ef_search the service searches this tenant with (known after one search; the
+    store's cache lapses after a minute and is refilled off the caller's path)."""
+    used = store.known_ef(tenant_id)
+    if used is not None:
+        _EF_SEEN[tenant_id] = int(used)
+    return _EF_SEEN[tenant_id]
 
 
 async def count_round_trips(store: Any, tenant: Tenant, queries: dict[str, np.ndarray],
@@ -378,6 +436,7 @@ async def count_round_trips(store: Any, tenant: Tenant, queries: dict[str, np.nd
     of them (the new path commits after the caller has its rows)."""
     q = queries[tenant.tenant_id][0]
     await service(tenant.tenant_id, q)  # sizes cached, statements prepared
+    await store.settle()
     await previous(tenant.tenant_id, q)
     await store.settle()
     out: dict[str, int] = {}
@@ -512,7 +571,7 @@ async def ingest_benchmark(admin_dsn: str, app_dsn: str, docs: int) -> dict[str,
 def table(results: list[Result]) -> str:
     head = (f"| {'strategy':<58} | {'tenant':<8} | {'rows':>7} | {'recall@10':>9} |"
             f" {'short':>5} | {'p50 ms':>7} | {'p99 ms':>7} | {'db p50':>7} | {'db p99':>7} |"
-            f" {'plan':>7} |")
+            f" {'plan':>7} | {'reads':>5} |")
     sep = "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"
     lines = [head, sep]
     for r in results:
@@ -520,6 +579,7 @@ def table(results: list[Result]) -> str:
             f"| {r.strategy:<58} | {r.tenant.label:<8} | {r.tenant.rows:>7} | {r.recall:>9.3f} |"
             f" {r.short / max(1, len(r.recalls)):>5.0%} | {r.pct(50):>7.2f} | {r.pct(99):>7.2f} |"
             f" {r.server_cell(50)} | {r.server_cell(99)} | {r.plan_cell()} |"
+            f" {r.reads_cell()} |"
         )
     return "\n".join(lines)
 
@@ -552,7 +612,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         pg.start()
         admin = await asyncpg.connect(pg.admin_dsn)
-        shared = max(256, min(4096, int(vectors.nbytes * 3 / 2**20)))
+        # Room for both layouts' heaps and HNSW indexes (~5x the raw vectors), as a
+        # deployment sizes shared_buffers to keep its vector indexes resident; at most 40% of
+        # the machine's memory. --shared-buffers-mb overrides it.
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        shared = args.shared_buffers_mb or max(
+            256, min(int(ram * 0.4 / 2**20), int(vectors.nbytes * 5 / 2**20)))
         await admin.execute(f"ALTER SYSTEM SET shared_buffers = '{shared}MB'")
         await admin.execute("CREATE DATABASE bench")
         await admin.close()
@@ -563,9 +628,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         table_name = await setup_database(admin_dsn, tenants, args.dim)
         timings = await bulk_load(admin_dsn, table_name, tenants, vectors)
         log("measuring search")
-        results, counted = await search_benchmarks(admin_dsn, app_dsn, tenants, vectors,
-                                                   args.queries, args.ef, rng, extra,
-                                                   args.warmup)
+        async def tune() -> list[Any]:
+            from parley_kb.tuning import tune_search
+
+            return await tune_search(
+                admin_dsn, model=MODEL, min_chunks=args.tune_min_chunks,
+                maintenance_work_mem="2GB", progress=lambda t, what: log(f"    {t}: {what}"))
+
+        results, counted, tuned = await search_benchmarks(
+            admin_dsn, app_dsn, tenants, vectors, args.queries, args.ef, rng, extra,
+            args.warmup, None if args.no_tune else tune)
         log("measuring ingestion")
         ingest = await ingest_benchmark(admin_dsn, app_dsn, args.ingest_docs)
     finally:
@@ -575,9 +647,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"\nkb-svc search: {total} chunks, {len(tenants)} tenants, {args.dim}-d clustered "
           f"vectors, {args.queries} queries per tenant after {args.warmup} warm-up queries, "
           f"top-{K}. p50/p99: the whole search transaction seen by the client; db: kb-svc's "
-          "query alone on the server (EXPLAIN ANALYZE, same settings and plan, first 50 "
-          "queries), plan: its planning time (p50). short: share of queries that got fewer "
-          "rows than exact search. kb-svc's rows and the previous session path's are "
+          f"query alone on the server (EXPLAIN ANALYZE, same settings and plan, first "
+          f"{EXPLAINED} queries), plan: its planning time (p50), reads: pages per query "
+          f"(p50) not found in shared buffers ({shared} MB). short: share of queries that got "
+          "fewer rows than exact search. kb-svc's rows and the previous session path's are "
           "measured interleaved, query by query.")
     print(table(results))
     print(f"\nround trips per vector search: kb-svc {counted['round_trips_service_awaited']} "
@@ -589,6 +662,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     print(cold_table(results))
     print(f"\nbuild: COPY {timings['copy_s']:.1f}s (both layouts), per-tenant HNSW "
           f"{timings['partition_index_s']:.1f}s, global HNSW {timings['global_index_s']:.1f}s")
+    done = [r for r in tuned if not r.skipped]
+    if args.no_tune:
+        print("tune-search: not run (--no-tune)")
+    else:
+        print(f"tune-search (partitions of >= {args.tune_min_chunks} chunks; "
+              f"{len(tuned) - len(done)} smaller ones left alone):"
+              + ("" if done else " none this large"))
+        for r in done:
+            print(f"  {r.tenant_id}: {r.chunks} chunks, ef_construction "
+                  f"{r.ef_construction_before} -> {r.ef_construction}"
+                  f"{f' (rebuilt concurrently in {r.rebuild_s:.0f}s)' if r.rebuilt else ''}, "
+                  f"calibrated ef_search {r.ef_search} (recall@10 {r.recall:.3f} on its own "
+                  "vectors; the service searches with max(this, its base))")
     print(f"\ningestion, local model, {ingest['ingest_docs']:.0f} Markdown docs, "
           f"{ingest['ingest_chunks']:.0f} chunks:")
     print("| path | chunks/s |\n|---|---|")
@@ -605,11 +691,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     metrics: dict[str, Any] = {"chunks": total, "tenants": len(tenants), "dim": args.dim}
     short = {"kb-svc partitions": "partitions", "kb-svc, previous": "previous",
+             "kb-svc before tune-search": "untuned",
              "seed: global": "seed", "global HNSW + iterative": "iterative"}
     metrics.update(counted)
     for r in results:
         prefix = next(v for k, v in short.items() if r.strategy.startswith(k))
-        if prefix in ("partitions", "previous"):
+        if prefix in ("partitions", "previous", "untuned"):
             prefix += "_ef" + r.strategy.split("ef_search ")[1].split(" ")[0]
         label = r.tenant.label.replace("%", "pct").replace(".", "_")
         metrics[f"{prefix}_recall10_{label}"] = round(r.recall, 4)
@@ -620,6 +707,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             metrics[f"{prefix}_db_p99_ms_{label}"] = round(r.server_pct(99), 3)
             metrics[f"{prefix}_plan_p50_ms_{label}"] = round(
                 float(np.percentile(r.plan_ms, 50)), 3)
+            metrics[f"{prefix}_db_pages_read_p50_{label}"] = float(
+                np.percentile(r.pages_read, 50))
         if r.cold_ms:
             metrics[f"{prefix}_cold_p50_ms_{label}"] = round(
                 float(np.percentile(r.cold_ms, 50)), 3)
@@ -627,7 +716,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 float(np.percentile(r.cold_ms, 99)), 3)
     metrics.update({k: round(v, 1) for k, v in ingest.items()})
     metrics.update({k: round(v, 1) for k, v in timings.items()})
+    for r in tuned:
+        if not r.skipped:
+            metrics[f"tune_{r.tenant_id}_chunks"] = r.chunks
+            metrics[f"tune_{r.tenant_id}_rebuild_s"] = r.rebuild_s
+            metrics[f"tune_{r.tenant_id}_ef_search"] = r.ef_search
+            metrics[f"tune_{r.tenant_id}_self_recall"] = r.recall
     metrics["wall_s"] = round(time.perf_counter() - started, 1)
+    metrics["shared_buffers_mb"] = shared
     metrics["loadavg_start"] = round(load_before, 2)
     metrics["loadavg_end"] = round(os.getloadavg()[0], 2)
     return metrics
@@ -647,6 +743,13 @@ def main() -> None:
                         help="ef_search values for kb-svc's partitions")
     parser.add_argument("--ingest-docs", type=int, default=200)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--no-tune", action="store_true",
+                        help="skip kb-svc's tune-search (partitions keep the default graph "
+                             "and the size rule for ef_search)")
+    parser.add_argument("--tune-min-chunks", type=int, default=50_000,
+                        help="tune-search's --min-chunks (default: kb-svc's default)")
+    parser.add_argument("--shared-buffers-mb", type=int, default=0,
+                        help="the server's shared_buffers (default: room for both layouts)")
     args = parser.parse_args()
     metrics = asyncio.run(run(args))
     print(json.dumps({"bench": "kb", "metrics": metrics}))

@@ -286,3 +286,64 @@ async def test_ef_search_grows_with_the_tenant_partition(
 async def _usage(store: Any, tenant: str) -> int:
     async with store.session(tenant) as session:
         return int((await session.usage()).chunks)
+
+
+async def test_tune_search_rebuilds_a_big_partition_and_the_service_uses_its_calibration(
+    kb_stack: KbStack, synthetic: dict[str, Any]
+) -> None:
+    import asyncpg
+    from parley_kb.store import PgKnowledgeStore
+    from parley_kb.tuning import tune_search
+
+    admin = kb_stack.db.admin_dsn
+    store = await PgKnowledgeStore.connect(kb_stack.db.app_dsn, model="local-wordllama-256",
+                                           dimensions=DIM, ef_search=10,
+                                           ef_reference_chunks=1000)
+    try:
+        reports = {r.tenant_id: r for r in await tune_search(
+            admin, model="local-wordllama-256", tenants=["initech", "tiny-co", "nobody"],
+            min_chunks=1000, sample=20)}
+        big, tiny = reports["initech"], reports["tiny-co"]
+        assert reports["nobody"].skipped == "no storage"
+        assert tiny.skipped and tiny.ef_search is None and not tiny.rebuilt
+        assert big.rebuilt and (big.ef_construction_before, big.ef_construction) == (64, 128)
+        assert big.chunks >= BIG_DOCS * BIG_CHUNKS_PER_DOC  # other tests add a few
+        assert big.ef_search is not None and big.recall is not None and big.recall >= 0.98
+        # Rebuilt concurrently, still attached to the parent's partitioned index; a second
+        # run only calibrates.
+        conn = await asyncpg.connect(admin)
+        try:
+            attached = await conn.fetchrow(
+                "SELECT c.reloptions, i.inhparent::regclass::text AS parent FROM pg_class c"
+                " JOIN pg_inherits i ON i.inhrelid = c.oid WHERE c.oid = $1::regclass",
+                big.index)
+            assert "ef_construction=128" in attached["reloptions"]
+            assert attached["parent"].endswith("_hnsw")
+        finally:
+            await conn.close()
+        again = (await tune_search(admin, model="local-wordllama-256", tenants=["initech"],
+                                   min_chunks=1000, sample=20))[0]
+        assert not again.rebuilt and again.ef_search is not None
+
+        # The service searches with the calibration (grown with the tenant, never below its
+        # base), read in the binding message first and from its cache next; row-level
+        # security keeps one tenant's calibration from another.
+        calibrated = (again.ef_search, again.chunks)
+        for _ in range(2):
+            async with store.session("initech", knn=True) as session:
+                hits = await session.vector_candidates(synthetic["queries"][0], 10, None, False)
+                used = int(await session._conn.fetchval(
+                    "SELECT current_setting('hnsw.ef_search')"))
+                chunks = (await session.usage()).chunks
+            assert len(hits) == 10
+            assert used == store.ef_for(chunks, calibrated) == max(10, again.ef_search)
+        assert store.ef_for(4 * again.chunks, calibrated) == max(10, 2 * again.ef_search)
+        async with store.session("tiny-co") as session:
+            assert await session._conn.fetchval("SELECT count(*) FROM kb.search_breadth") == 0
+    finally:
+        await store.close()
+        conn = await asyncpg.connect(admin)
+        try:  # the other tests of this module expect the size rule
+            await conn.execute("DELETE FROM kb.search_breadth")
+        finally:
+            await conn.close()

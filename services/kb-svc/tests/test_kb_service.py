@@ -55,7 +55,11 @@ def test_cli_migrate_ingest_search(tmp_path: Path, new_database: Callable[[str],
     env = _env(tmp_path, admin)
     first = _run(["migrate"], env)
     assert first.returncode == 0, first.stderr
-    assert "migrations applied: [1, 2]" in first.stdout and "tenants prepared: 2" in first.stdout
+    from parley_kb.migrator import load_migrations
+
+    versions = [m.version for m in load_migrations()]
+    assert f"migrations applied: {versions}" in first.stdout, first.stdout
+    assert "tenants prepared: 2" in first.stdout
     again = _run(["migrate"], env)
     assert again.returncode == 0 and "migrations applied: none" in again.stdout
 
@@ -89,6 +93,18 @@ def test_cli_migrate_ingest_search(tmp_path: Path, new_database: Callable[[str],
     assert other.returncode == 0 and "no results" in other.stdout
     unknown = _run(["search", "x", "--tenant", "umbrella"], env)
     assert unknown.returncode == 2 and "NOT_FOUND" in unknown.stderr
+
+    # tune-search (owner DSN): acme's 3-chunk partition is rebuilt and calibrated when asked
+    # to (--min-chunks 1), globex (empty) is left alone
+    tuned = _run(["tune-search", "--all-tenants", "--min-chunks", "1", "--sample", "3",
+                  "--json"], env)
+    assert tuned.returncode == 0, tuned.stderr
+    reports = {r["tenant_id"]: r for r in json.loads(tuned.stdout)}
+    assert reports["acme"]["rebuilt"] and reports["acme"]["ef_search"] >= 1
+    assert reports["globex"]["skipped"] and not reports["globex"]["rebuilt"]
+    found_again = _run(["search", "how often does the quibbit fan need cleaning", "--tenant",
+                        "acme", "--json", "--mode", "vector"], env)
+    assert json.loads(found_again.stdout)["hits"][0]["document_id"] == "page.html"
 
 
 def test_cli_reembed_export_offboard(tmp_path: Path, new_database: Callable[[str], str],

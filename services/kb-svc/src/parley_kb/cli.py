@@ -90,6 +90,29 @@ def build_parser() -> argparse.ArgumentParser:
     emb.add_argument("--no-progress", action="store_true", help="no progress bar")
     emb.add_argument("--json", action="store_true", help="print the reports as JSON")
 
+    tune = sub.add_parser(
+        "tune-search",
+        help="large tenants: rebuild their partition's HNSW graph denser (concurrently) and "
+             "calibrate the ef_search it needs (owner DSN: MIGRATE_DATABASE_URL)",
+    )
+    tscope = tune.add_mutually_exclusive_group(required=True)
+    tscope.add_argument("--tenant", action="append", dest="tenants", metavar="TENANT",
+                        help="repeatable")
+    tscope.add_argument("--all-tenants", action="store_true",
+                        help="every tenant with storage (small ones are skipped)")
+    tune.add_argument("--dsn", help="owner/superuser DSN (default: MIGRATE_DATABASE_URL)")
+    tune.add_argument("--min-chunks", type=int, default=None,
+                      help="partitions smaller than this are left alone "
+                           "(default PARLEY_KB_HNSW_EF_REFERENCE_CHUNKS, 50000)")
+    tune.add_argument("--ef-construction", type=int, default=128,
+                      help="graph to rebuild with when built with less (default 128)")
+    tune.add_argument("--target-recall", type=float, default=0.98,
+                      help="recall@10 on the partition's own vectors (default 0.98)")
+    tune.add_argument("--sample", type=int, default=100, help="calibration queries")
+    tune.add_argument("--maintenance-work-mem", default=None, metavar="SIZE",
+                      help="for the rebuild, e.g. 2GB (default: the server's)")
+    tune.add_argument("--json", action="store_true", help="print the reports as JSON")
+
     exp = sub.add_parser("export", help="a tenant's documents as JSON lines (metadata and "
                          "chunk text; the original files are not stored)")
     exp.add_argument("--tenant", required=True)
@@ -126,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_tenants(Settings()))
         if command == "reembed":
             return asyncio.run(_reembed(Settings(), args))
+        if command == "tune-search":
+            return asyncio.run(_tune_search(Settings(), args))
         if command == "export":
             return asyncio.run(_export(Settings(), args))
         if command == "offboard":
@@ -386,6 +411,47 @@ async def _reembed(settings: Settings, args: argparse.Namespace) -> int:
               "resume", file=sys.stderr)
         return 1
     return 1 if any(r.remaining for r in reports) else 0
+
+
+async def _tune_search(settings: Settings, args: argparse.Namespace) -> int:
+    from .app import build_embedder
+    from .operations import check_tenant_id
+    from .tuning import tune_search
+
+    for tenant_id in args.tenants or ():
+        check_tenant_id(tenant_id)
+    dsn = args.dsn or settings.migrate_database_url
+    if not dsn:
+        raise SystemExit("MIGRATE_DATABASE_URL is not set (the owner/superuser DSN)")
+    model = build_embedder(settings).model_id
+
+    def progress(tenant_id: str, what: str) -> None:
+        if not args.json:
+            print(f"{tenant_id}: {what}", file=sys.stderr, flush=True)
+
+    try:
+        reports = await tune_search(
+            dsn, model=model, tenants=None if args.all_tenants else args.tenants,
+            min_chunks=(args.min_chunks if args.min_chunks is not None
+                        else settings.kb_hnsw_ef_reference_chunks),
+            ef_construction=args.ef_construction, target_recall=args.target_recall,
+            sample=args.sample, maintenance_work_mem=args.maintenance_work_mem,
+            progress=progress,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([r.as_dict() for r in reports]))
+        return 0
+    for r in reports:
+        if r.skipped:
+            print(f"{r.tenant_id}: skipped ({r.skipped}; {r.chunks} chunks)")
+        else:
+            print(f"{r.tenant_id}: {r.chunks} chunks, ef_construction {r.ef_construction}"
+                  f"{f' (rebuilt in {r.rebuild_s:.0f}s)' if r.rebuilt else ''},"
+                  f" ef_search {r.ef_search} (recall@10 {r.recall:.3f} on its own vectors)")
+    return 0
 
 
 async def _write_export(runtime: Any, tenant_id: str, out: Any) -> int:

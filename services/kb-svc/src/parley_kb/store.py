@@ -130,29 +130,41 @@ class PgKnowledgeStore:
         self.ef_search = ef_search
         self.ef_reference_chunks = ef_reference_chunks
         self._sql = _Statements(space)
-        # Tenant -> (chunks, monotonic time read): sizes ef_search for the tenant's index.
-        self._sizes: dict[str, tuple[int, float]] = {}
+        self._table = space.qualified.removeprefix("kb.")  # emb_<n>, checked
+        # Tenant -> (chunks, calibration (ef_search, chunks then) or None, monotonic time
+        # read): sizes ef_search for the tenant's index.
+        self._sizes: dict[str, tuple[int, tuple[int, int] | None, float]] = {}
         # Read-only sessions finishing (COMMIT, pool release) after their caller moved on.
         self._finishing: set[asyncio.Task[None]] = set()
 
-    def ef_for(self, chunks: int) -> int:
-        """ef_search for a tenant's partition: the base value up to `ef_reference_chunks`
-        rows, growing with the square root of the size beyond (a 200k-row partition of
-        clustered vectors needs ~200 for recall@10 >= 0.95; bench/kb), at most 1000. Rounds
-        half up, like the SQL twin in _EF_FROM_SIZE."""
-        scale = math.sqrt(max(chunks, 1) / self.ef_reference_chunks)
-        return int(min(1000, max(self.ef_search, math.floor(self.ef_search * scale + 0.5))))
+    def ef_for(self, chunks: int, calibrated: tuple[int, int] | None = None) -> int:
+        """ef_search for a tenant's partition. Without a calibration: the base value up to
+        `ef_reference_chunks` rows, growing with the square root of the size beyond (a
+        200k-row partition of the default graph needs ~200 for recall@10 >= 0.95; bench/kb).
+        With one (`tune-search`: (ef_search, rows then)): that breadth, grown by
+        sqrt(rows now / rows then), never below the base. At most 1000; rounds half up, like
+        the SQL twin in _EF_FROM_SIZE."""
+        if calibrated is not None:
+            ef, at = calibrated
+            scale = math.sqrt(max(1.0, max(chunks, 1) / max(at, 1)))
+            wanted = math.floor(ef * scale + 0.5)
+        else:
+            scale = math.sqrt(max(chunks, 1) / self.ef_reference_chunks)
+            wanted = math.floor(self.ef_search * scale + 0.5)
+        return int(min(1000, max(self.ef_search, wanted)))
 
-    def _known_ef(self, tenant_id: str) -> int | None:
+    def known_ef(self, tenant_id: str) -> int | None:
+        """The ef_search this process searches the tenant with, if it knows it (cached)."""
         cached = self._sizes.get(tenant_id)
-        if cached is None or time.monotonic() - cached[1] > _SIZE_TTL_S:
+        if cached is None or time.monotonic() - cached[2] > _SIZE_TTL_S:
             return None
-        return self.ef_for(cached[0])
+        return self.ef_for(cached[0], cached[1])
 
-    def remember_size(self, tenant_id: str, chunks: int) -> None:
+    def remember_size(self, tenant_id: str, chunks: int,
+                      calibrated: tuple[int, int] | None = None) -> None:
         if len(self._sizes) > 100_000:
             self._sizes.clear()
-        self._sizes[tenant_id] = (chunks, time.monotonic())
+        self._sizes[tenant_id] = (chunks, calibrated, time.monotonic())
 
     @classmethod
     async def connect(
@@ -215,7 +227,7 @@ class PgKnowledgeStore:
             # tenant-id grammar, which cannot contain a quote, ever reach the SQL text.
             raise InvalidArgument("invalid tenant id")
         literal = f"'{tenant_id}'"
-        known_ef = self._known_ef(tenant_id)
+        known_ef = self.known_ef(tenant_id)
         sql = (
             f"BEGIN; SELECT set_config('app.tenant_id', {literal}, true),"
             f" set_config('hnsw.ef_search', '{int(known_ef or self.ef_search)}', true),"
@@ -224,7 +236,8 @@ class PgKnowledgeStore:
         )
         if known_ef is None:
             sql += _EF_FROM_SIZE.format(
-                tenant=literal, base=int(self.ef_search), ref=int(self.ef_reference_chunks)
+                tenant=literal, base=int(self.ef_search), ref=int(self.ef_reference_chunks),
+                table=self._table,
             )
         return sql, known_ef is None
 
@@ -274,10 +287,12 @@ class PgKnowledgeStore:
             if not conn.is_closed() and conn.is_in_transaction():
                 if learn_size and verb == "COMMIT":
                     try:
-                        chunks = await conn.fetchval(
-                            "SELECT chunks FROM kb.tenants WHERE tenant_id = $1", tenant_id
-                        )
-                        self.remember_size(tenant_id, int(chunks or 0))
+                        row = await conn.fetchrow(_SIZE_SQL, tenant_id, self._table)
+                        calibrated = None
+                        if row is not None and row["ef"] is not None:
+                            calibrated = (int(row["ef"]), int(row["at"]))
+                        chunks = row["chunks"] if row is not None else 0
+                        self.remember_size(tenant_id, int(chunks or 0), calibrated)
                     except asyncpg.PostgresError:  # an aborted transaction: next time
                         pass
                 await conn.execute(verb)
@@ -477,12 +492,23 @@ _KNN_ON = (
     ", set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true),"
     " set_config('plan_cache_mode', 'force_custom_plan', true)"
 )
-# ef_search from the tenant's size when this process has not cached it (the SQL twin of
-# PgKnowledgeStore.ef_for), run in the binding message after app.tenant_id is set.
+# ef_search from the tenant's size and its partition's calibration (tune-search), when this
+# process has not cached them (the SQL twin of PgKnowledgeStore.ef_for), run in the binding
+# message after app.tenant_id is set. {table} is the embedding table's name (emb_<n>).
 _EF_FROM_SIZE = (
-    "; SELECT set_config('hnsw.ef_search', least(1000, greatest({base},"
-    " floor({base} * sqrt(greatest(chunks, 1)::float8 / {ref}) + 0.5)))::int::text, true)"
-    " FROM kb.tenants WHERE tenant_id = {tenant}"
+    "; SELECT set_config('hnsw.ef_search', least(1000, greatest({base}, CASE"
+    " WHEN b.ef_search IS NULL"
+    " THEN floor({base} * sqrt(greatest(t.chunks, 1)::float8 / {ref}) + 0.5)"
+    " ELSE floor(b.ef_search * sqrt(greatest(1, greatest(t.chunks, 1)::float8"
+    " / greatest(b.chunks, 1))) + 0.5) END))::int::text, true)"
+    " FROM kb.tenants t LEFT JOIN kb.search_breadth b"
+    " ON b.tenant_id = t.tenant_id AND b.table_name = '{table}'"
+    " WHERE t.tenant_id = {tenant}"
+)
+_SIZE_SQL = (
+    "SELECT t.chunks, b.ef_search AS ef, b.chunks AS at FROM kb.tenants t"
+    " LEFT JOIN kb.search_breadth b ON b.tenant_id = t.tenant_id AND b.table_name = $2"
+    " WHERE t.tenant_id = $1"
 )
 _KNN_OFF = (
     "SELECT set_config('enable_seqscan', 'on', true), set_config('enable_bitmapscan', 'on', true),"
