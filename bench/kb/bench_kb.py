@@ -293,6 +293,7 @@ async def search_benchmarks(admin_dsn: str, app_dsn: str, tenants: list[Tenant],
                             vectors: np.ndarray, n_queries: int, ef_values: list[int],
                             rng: np.random.Generator, extra: dict[str, np.ndarray],
                             n_warmup: int, tune: Callable[[], Awaitable[list[Any]]] | None = None,
+                            tune_min_chunks: int = 0,
                             ) -> tuple[list[Result], dict[str, int], list[Any]]:
     """kb-svc's search path against the previous session path, per tenant size. With `tune`
     (kb-svc's tune-search), the largest tenant is measured first on the default graph, then
@@ -353,6 +354,8 @@ async def search_benchmarks(admin_dsn: str, app_dsn: str, tenants: list[Tenant],
 
             if not counted:
                 counted = await count_round_trips(store, chosen[-1], queries, service, previous)
+            if tune is not None and not tuned and chosen[0].rows < tune_min_chunks:
+                tuned = await tune()  # nothing this large: reports only, nothing to compare
             if tune is not None and not tuned:
                 big = chosen[0]
                 await warm_up(service, big, warmups[big.tenant_id])
@@ -637,7 +640,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         results, counted, tuned = await search_benchmarks(
             admin_dsn, app_dsn, tenants, vectors, args.queries, args.ef, rng, extra,
-            args.warmup, None if args.no_tune else tune)
+            args.warmup, None if args.no_tune else tune, args.tune_min_chunks)
         log("measuring ingestion")
         ingest = await ingest_benchmark(admin_dsn, app_dsn, args.ingest_docs)
     finally:
