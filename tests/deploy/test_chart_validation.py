@@ -111,7 +111,14 @@ def test_custom_resources_validate_against_crd_schemas(helm: Helm, example: Exam
 
 
 def test_every_rendered_kind_is_validated(helm: Helm, example: Example) -> None:
-    builtin_groups = {"v1", "apps/v1", "policy/v1", "autoscaling/v2", "networking.k8s.io/v1"}
+    builtin_groups = {
+        "v1",
+        "apps/v1",
+        "batch/v1",
+        "policy/v1",
+        "autoscaling/v2",
+        "networking.k8s.io/v1",
+    }
     for d in helm.render(example).docs:
         key = (d["apiVersion"], d["kind"])
         assert key in CRD_KINDS or d["apiVersion"] in builtin_groups, key

@@ -54,6 +54,8 @@ def test_manifests_split_by_what_they_need(fresh: Path) -> None:
         "PodDisruptionBudget",
         "ResourceQuota",
         "LimitRange",
+        "Job",
+        "CronJob",
     } <= kinds
     assert all(d["metadata"]["namespace"] == "tenant-demo" for d in main + mon)
 

@@ -148,6 +148,29 @@ httpGet:
 {{- end -}}
 {{- end -}}
 
+{{/* Pod and container security settings (Pod Security `restricted`), shared by the
+components' pods and the database Jobs. Arg: root. */}}
+{{- define "parley.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.securityContext.runAsUser }}
+runAsGroup: {{ .Values.securityContext.runAsGroup }}
+fsGroup: {{ .Values.securityContext.fsGroup }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "parley.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.securityContext.runAsUser }}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
 {{/* The pod template. Extra args: track (stable|canary), image. */}}
 {{- define "parley.podTemplate" -}}
 {{- $root := .root -}}
@@ -189,12 +212,7 @@ spec:
     {{- end }}
   {{- end }}
   securityContext:
-    runAsNonRoot: true
-    runAsUser: {{ $v.securityContext.runAsUser }}
-    runAsGroup: {{ $v.securityContext.runAsGroup }}
-    fsGroup: {{ $v.securityContext.fsGroup }}
-    seccompProfile:
-      type: RuntimeDefault
+    {{- include "parley.podSecurityContext" $root | nindent 4 }}
   containers:
     - name: {{ $c.serviceName }}
       image: {{ include "parley.imageRef" (dict "root" $root "image" .image) }}
@@ -243,15 +261,7 @@ spec:
       resources:
         {{- toYaml $c.resources | nindent 8 }}
       securityContext:
-        runAsNonRoot: true
-        runAsUser: {{ $v.securityContext.runAsUser }}
-        allowPrivilegeEscalation: false
-        readOnlyRootFilesystem: true
-        privileged: false
-        capabilities:
-          drop: ["ALL"]
-        seccompProfile:
-          type: RuntimeDefault
+        {{- include "parley.containerSecurityContext" $root | nindent 8 }}
       volumeMounts:
         - name: tmp
           mountPath: /tmp
