@@ -223,10 +223,7 @@ class FailoverRunner:
                 else:
                     admission = await hooks.admit(model)
                     if not admission.allowed:
-                        breaker.release_probe()
-                        limit_waits.append(admission.retry_after_s)
-                        _note(notes, f"{model.model_id} skipped: "
-                                     f"{admission.reason or 'rate limited'}")
+                        _refused(model, admission, breaker, limit_waits, notes)
                         continue
                 # The call runs as a task so that this generator can hand on `Attempting` once
                 # the provider reports its request sent (or the call resolved, whichever first).
@@ -252,10 +249,7 @@ class FailoverRunner:
                     if not admission.allowed:
                         if not isinstance(result, ProviderError):
                             await _close(result[0])  # cannot happen: nothing is sent unadmitted
-                        breaker.release_probe()
-                        limit_waits.append(admission.retry_after_s)
-                        _note(notes, f"{model.model_id} skipped: "
-                                     f"{admission.reason or 'rate limited'}")
+                        _refused(model, admission, breaker, limit_waits, notes)
                         continue
                 attempt += 1
                 tried = True
@@ -470,6 +464,14 @@ def _key(model: ModelEntry) -> str:
 def _note(notes: list[str], text: str) -> None:
     if len(notes) < 16:
         notes.append(text)
+
+
+def _refused(model: ModelEntry, admission: Admission, breaker: CircuitBreaker,
+             limit_waits: list[float], notes: list[str]) -> None:
+    """An attempt the rate limiter refused: not tried, its wait noted for the caller."""
+    breaker.release_probe()
+    limit_waits.append(admission.retry_after_s)
+    _note(notes, f"{model.model_id} skipped: {admission.reason or 'rate limited'}")
 
 
 def _resolve(fut: asyncio.Future[None], *_: object) -> None:
