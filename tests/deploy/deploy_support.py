@@ -10,6 +10,7 @@ import re
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -318,3 +319,27 @@ def release_pods(render: Render, namespace_labels: dict[str, str]) -> list[Pod]:
                 )
             )
     return pods
+
+
+def ns_labels(namespace: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A namespace's labels as a NetworkPolicy namespaceSelector sees them."""
+    return {"kubernetes.io/metadata.name": namespace, **(extra or {})}
+
+
+def quantity(q: Any) -> Decimal:
+    """A Kubernetes resource quantity ("250m", "512Mi", "1G") as a number."""
+    units: dict[str, Decimal | int] = {
+        "m": Decimal("0.001"),
+        "Ki": 2**10,
+        "Mi": 2**20,
+        "Gi": 2**30,
+        "Ti": 2**40,
+        "k": 10**3,
+        "M": 10**6,
+        "G": 10**9,
+    }
+    s = str(q)
+    for suffix in sorted(units, key=len, reverse=True):
+        if s.endswith(suffix):
+            return Decimal(s[: -len(suffix)]) * Decimal(units[suffix])
+    return Decimal(s)

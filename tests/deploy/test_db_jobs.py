@@ -25,6 +25,8 @@ from deploy_support import (
     NetworkModel,
     Pod,
     Render,
+    ns_labels,
+    quantity,
     release_pods,
     selector_matches,
 )
@@ -36,19 +38,6 @@ HOOK = "helm.sh/hook"
 WEIGHT = "helm.sh/hook-weight"
 DELETE_POLICY = "helm.sh/hook-delete-policy"
 MIGRATING = ("kb", "billing")
-
-
-def ns_labels(namespace: str) -> dict[str, str]:
-    return {"kubernetes.io/metadata.name": namespace}
-
-
-def quantity(q: Any) -> Decimal:
-    units = {"m": Decimal("0.001"), "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 10**3}
-    s = str(q)
-    for suffix in sorted(units, key=len, reverse=True):
-        if s.endswith(suffix):
-            return Decimal(s[: -len(suffix)]) * Decimal(units[suffix])
-    return Decimal(s)
 
 
 def migrate_jobs(render: Render) -> dict[str, dict[str, Any]]:

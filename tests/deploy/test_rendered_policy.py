@@ -23,6 +23,8 @@ from deploy_support import (
     NetworkModel,
     Pod,
     Render,
+    ns_labels,
+    quantity,
     release_pods,
     selector_matches,
 )
@@ -49,28 +51,6 @@ def component_values(render: Render, workload: dict[str, Any]) -> dict[str, Any]
     name = workload["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
     c: dict[str, Any] = render.values["components"][name]
     return c
-
-
-def ns_labels(namespace: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    return {"kubernetes.io/metadata.name": namespace, **(extra or {})}
-
-
-def quantity(q: Any) -> Decimal:
-    units: dict[str, Decimal | int] = {
-        "m": Decimal("0.001"),
-        "Ki": 2**10,
-        "Mi": 2**20,
-        "Gi": 2**30,
-        "Ti": 2**40,
-        "k": 10**3,
-        "M": 10**6,
-        "G": 10**9,
-    }
-    s = str(q)
-    for suffix in sorted(units, key=len, reverse=True):
-        if s.endswith(suffix):
-            return Decimal(s[: -len(suffix)]) * Decimal(units[suffix])
-    return Decimal(s)
 
 
 # --- pods ---------------------------------------------------------------------------------------
