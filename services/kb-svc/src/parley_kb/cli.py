@@ -19,6 +19,7 @@ from typing import Any
 from parley_runtime.errors import ParleyError
 from parley_runtime.usage import UsageRecorder, make_usage_recorder
 
+from . import tuning
 from .config import KbTenants, Settings
 from .models import ContentType, DocumentInput, SearchMode, SearchQuery
 
@@ -104,11 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--min-chunks", type=int, default=None,
                       help="partitions smaller than this are left alone "
                            "(default PARLEY_KB_HNSW_EF_REFERENCE_CHUNKS, 50000)")
-    tune.add_argument("--ef-construction", type=int, default=128,
-                      help="graph to rebuild with when built with less (default 128)")
-    tune.add_argument("--target-recall", type=float, default=0.98,
-                      help="recall@10 on the partition's own vectors (default 0.98)")
-    tune.add_argument("--sample", type=int, default=100, help="calibration queries")
+    tune.add_argument("--ef-construction", type=int, default=tuning.DEFAULT_EF_CONSTRUCTION,
+                      help="graph to rebuild with when built with less "
+                           f"(default {tuning.DEFAULT_EF_CONSTRUCTION})")
+    tune.add_argument("--target-recall", type=float, default=tuning.DEFAULT_TARGET_RECALL,
+                      help="recall@10 on the partition's own vectors "
+                           f"(default {tuning.DEFAULT_TARGET_RECALL})")
+    tune.add_argument("--sample", type=int, default=tuning.DEFAULT_SAMPLE,
+                      help=f"calibration queries (default {tuning.DEFAULT_SAMPLE})")
     tune.add_argument("--maintenance-work-mem", default=None, metavar="SIZE",
                       help="for the rebuild, e.g. 2GB (default: the server's)")
     tune.add_argument("--json", action="store_true", help="print the reports as JSON")
@@ -416,7 +420,6 @@ async def _reembed(settings: Settings, args: argparse.Namespace) -> int:
 async def _tune_search(settings: Settings, args: argparse.Namespace) -> int:
     from .app import build_embedder
     from .operations import check_tenant_id
-    from .tuning import tune_search
 
     for tenant_id in args.tenants or ():
         check_tenant_id(tenant_id)
@@ -430,7 +433,7 @@ async def _tune_search(settings: Settings, args: argparse.Namespace) -> int:
             print(f"{tenant_id}: {what}", file=sys.stderr, flush=True)
 
     try:
-        reports = await tune_search(
+        reports = await tuning.tune_search(
             dsn, model=model, tenants=None if args.all_tenants else args.tenants,
             min_chunks=(args.min_chunks if args.min_chunks is not None
                         else settings.kb_hnsw_ef_reference_chunks),
