@@ -10,32 +10,9 @@ import pytest
 from livekit import rtc
 from livekit.agents import vad
 from livekit.plugins import silero
-from parley_agent.sim import espeak_pcm
 from parley_agent.vad import InlineSileroVAD, _InlineExecutorLoop, load_vad
 
 pytestmark = pytest.mark.unit
-
-
-def conversation_frames(rate: int = 16000) -> list[rtc.AudioFrame]:
-    """Two spoken questions between stretches of low noise, cut into 50 ms frames."""
-    rng = np.random.default_rng(7)
-
-    def noise(seconds: float) -> np.ndarray:
-        return (rng.standard_normal(int(rate * seconds)) * 40).astype(np.int16)
-
-    parts = []
-    for text in ("What is the laptop policy for new hires?",
-                 "Who approves travel expenses for the Berlin office?"):
-        pcm, src_rate = espeak_pcm(text)
-        resampler = rtc.AudioResampler(src_rate, rate, num_channels=1)
-        speech = list(resampler.push(rtc.AudioFrame(pcm.tobytes(), src_rate, 1, len(pcm))))
-        speech += resampler.flush()
-        parts += [noise(0.8), *(np.frombuffer(f.data, dtype=np.int16) for f in speech)]
-    parts.append(noise(1.5))
-    audio = np.concatenate(parts)
-    step = rate // 20
-    return [rtc.AudioFrame(audio[i:i + step].tobytes(), rate, 1, step)
-            for i in range(0, len(audio) - step + 1, step)]
 
 
 async def run_stream(model: vad.VAD, frames: list[rtc.AudioFrame]) -> tuple[list, vad.VADStream]:
@@ -50,8 +27,10 @@ async def run_stream(model: vad.VAD, frames: list[rtc.AudioFrame]) -> tuple[list
     return events, stream
 
 
-async def test_inline_vad_matches_the_plugin_event_for_event() -> None:
-    frames = conversation_frames()
+async def test_inline_vad_matches_the_plugin_event_for_event(
+    conversation: list[rtc.AudioFrame],
+) -> None:
+    frames = conversation
     stock, _ = await run_stream(silero.VAD.load(), frames)
     inline, stream = await run_stream(InlineSileroVAD.load(), frames)
     starts = [e for e in stock if e[0] == vad.VADEventType.START_OF_SPEECH]
@@ -63,7 +42,7 @@ async def test_inline_vad_matches_the_plugin_event_for_event() -> None:
     assert loop.inline_calls > 100  # every 32 ms window of ~9 s of audio
 
 
-async def test_inference_runs_on_the_loop_thread() -> None:
+async def test_inference_runs_on_the_loop_thread(conversation: list[rtc.AudioFrame]) -> None:
     model = InlineSileroVAD.load()
     stream = model.stream()
     threads: set[int] = set()
@@ -78,7 +57,7 @@ async def test_inference_runs_on_the_loop_thread() -> None:
             return float(inner(x))
 
     stream._model = Spy()  # type: ignore[attr-defined]
-    for f in conversation_frames()[:20]:
+    for f in conversation[:20]:
         stream.push_frame(f)
     stream.end_input()
     async for _ in stream:

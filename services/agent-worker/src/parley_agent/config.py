@@ -99,6 +99,10 @@ class WorkerSettings(ServiceSettings):
     # Silero VAD inference (~0.13 ms per 32 ms window) run on the session's loop instead of a
     # thread-pool hop per window (parley_agent.vad); false: the plugin's own path.
     agent_vad_inline: bool = True
+    # One VAD stream per session: the session's own stream also cuts the offline STT's
+    # utterances (parley_agent.utterances) instead of livekit's StreamAdapter running a second
+    # one over the same audio; false: the adapter's own stream.
+    agent_vad_shared: bool = True
 
     # Vision: frames sent to vision-svc per second at most per track (0: every frame), and the
     # reconnect backoff of a failed frame stream.

@@ -39,6 +39,7 @@ from .speech import SpeechStack, build_speech
 from .tenancy import TenantProfile
 from .tools import KnowledgeSearch, TenantActions, ToolScope
 from .usage import MeteredModels, SessionUsageMeter
+from .utterances import SessionVAD
 from .vision import KeptFrameStore, VisionCapture, attach_frames, describe
 
 
@@ -106,6 +107,7 @@ class AssistantRuntime:
         self.session_id = session_id
         self.job_id = job_id
         self.vad = vad_model
+        self.session_vad: SessionVAD | None = None
         self.latency = TurnLatencyTracker()
         self.frames = KeptFrameStore()
         self.router_llm = RouterLLM(
@@ -185,9 +187,12 @@ class AssistantRuntime:
         else:
             if self.vad is None:
                 raise ValueError("a voice session needs the VAD")
-            self.speech = build_speech(self.profile.agent, self.settings, vad_model=self.vad)
+            session_vad: vad.VAD = self.vad
+            if self.settings.agent_vad_shared:
+                session_vad = self.session_vad = SessionVAD(self.vad)
+            self.speech = build_speech(self.profile.agent, self.settings, vad_model=session_vad)
             session = AgentSession(
-                vad=self.vad,
+                vad=session_vad,
                 stt=self.speech.stt,
                 llm=self.router_llm,
                 tts=self.speech.tts,
@@ -326,6 +331,8 @@ class AssistantRuntime:
         await self.meter.aclose(flush_timeout_s=self.settings.agent_usage_flush_timeout_s)
         await self.http.close()
         await self.router_llm.aclose()
+        if self.session_vad is not None:
+            self.session_vad.close()
 
 
 class NoteTakerRuntime:

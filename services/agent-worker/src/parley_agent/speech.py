@@ -11,6 +11,7 @@ from livekit.plugins import deepgram, elevenlabs  # registered at import, on the
 from . import espeak_tts, local_stt
 from .config import TenantAgentConfig, WorkerSettings
 from .log import logger
+from .utterances import SessionVAD, UtteranceSTT
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +45,13 @@ def build_speech(
         local = local_stt.LocalWhisperSTT(
             language=stt_choice.language, cpu_threads=settings.agent_stt_threads
         )
-        # Utterances cut by the VAD, each recognised as a whole.
-        speech_to_text = stt.StreamAdapter(stt=local, vad=vad_model)
+        # Utterances cut by the VAD, each recognised as a whole: by the session's own VAD
+        # stream when the session shares it (one inference per window instead of two).
+        speech_to_text = (
+            UtteranceSTT(stt=local, vad=vad_model)
+            if isinstance(vad_model, SessionVAD)
+            else stt.StreamAdapter(stt=local, vad=vad_model)
+        )
         stt_ids = (local_stt.MODEL_ID, "local")
 
     text_to_speech: tts.TTS[Any]
