@@ -138,3 +138,13 @@ async def test_handoff_keeps_history(backends: FakeBackends, runtime_factory: An
     assert type(session.current_agent).__name__ == "SpecialistAgent"
     history = [i for i in session.current_agent.chat_ctx.items if isinstance(i, llm.ChatMessage)]
     assert any("charged twice" in (m.text_content or "") for m in history)
+
+
+async def test_room_audio_frames_follow_the_setting(runtime_factory: Any) -> None:
+    rt = runtime_factory(profile())
+    audio = rt.room_options().get_audio_input_options()
+    assert audio is not None
+    assert audio.frame_size_ms == WorkerSettings().agent_audio_frame_ms == 100
+    assert audio.sample_rate == 16000
+    rt.settings = WorkerSettings(agent_audio_frame_ms=50)
+    assert rt.room_options().get_audio_input_options().frame_size_ms == 50

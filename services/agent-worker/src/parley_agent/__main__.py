@@ -18,8 +18,21 @@ def _prometheus_dir() -> None:
     os.environ.setdefault("PARLEY_AGENT_PROMETHEUS_DIR", os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 
+# livekit's event-loop monitor ticks every warn-threshold/5 (at least 20 ms) on the loop and on
+# a watchdog thread of every job process: at its default 100 ms threshold that is 100 Python
+# wake-ups a second per session, ~15% of a streaming session's CPU (bench/agent). At 250 ms it
+# ticks every 50 ms and still reports every stall long enough to starve the agent's 200 ms
+# audio queue. An operator's own setting wins (0 turns the monitor off).
+LOOP_BLOCK_WARN_MS = "250"
+
+
+def _loop_monitor() -> None:
+    os.environ.setdefault("LIVEKIT_AGENTS_LOOP_BLOCK_WARN_MS", LOOP_BLOCK_WARN_MS)
+
+
 def main() -> None:
     _prometheus_dir()
+    _loop_monitor()
     from livekit.agents import cli
 
     from .config import WorkerSettings

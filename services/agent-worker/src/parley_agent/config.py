@@ -103,6 +103,12 @@ class WorkerSettings(ServiceSettings):
     # utterances (parley_agent.utterances) instead of livekit's StreamAdapter running a second
     # one over the same audio; false: the adapter's own stream.
     agent_vad_shared: bool = True
+    # The room's audio reaches the session in frames of this many ms. Every frame wakes the
+    # session's loop and its VAD, turn detector and STT streams; 100 ms frames halve those
+    # wake-ups against livekit's 50 ms (bench/agent: ~6% less CPU per streaming session) and
+    # detect the start and end of speech 25 ms later on average (the VAD waits for 550 ms of
+    # silence before it ends an utterance).
+    agent_audio_frame_ms: int = Field(default=100, ge=10, le=200)
 
     # Vision: frames sent to vision-svc per second at most per track (0: every frame), and the
     # reconnect backoff of a failed frame stream.

@@ -235,15 +235,7 @@ class AssistantRuntime:
         await session.start(
             agent=self.build_agent(),
             room=room,
-            room_options=room_io.RoomOptions(
-                video_input=False,  # video goes to vision-svc, not to livekit's sampler
-                text_input=room_io.TextInputOptions(text_input_cb=self._on_text_input),
-                # 16 kHz is what the VAD and the STT models take: one resampling step, not two
-                audio_input=room_io.AudioInputOptions(sample_rate=16000),
-                text_output=room_io.TextOutputOptions(
-                    sync_transcription=self.settings.agent_sync_transcription
-                ),
-            ),
+            room_options=self.room_options(),
         )
         if self.profile.agent.video_enabled:
             self.vision = VisionCapture(
@@ -258,6 +250,19 @@ class AssistantRuntime:
         self.meter.start(self.settings.agent_usage_interval_s)
         if self.profile.agent.greeting:
             session.say(self.profile.agent.greeting)
+
+    def room_options(self) -> room_io.RoomOptions:
+        return room_io.RoomOptions(
+            video_input=False,  # video goes to vision-svc, not to livekit's sampler
+            text_input=room_io.TextInputOptions(text_input_cb=self._on_text_input),
+            # 16 kHz is what the VAD and the STT models take: one resampling step, not two
+            audio_input=room_io.AudioInputOptions(
+                sample_rate=16000, frame_size_ms=self.settings.agent_audio_frame_ms
+            ),
+            text_output=room_io.TextOutputOptions(
+                sync_transcription=self.settings.agent_sync_transcription
+            ),
+        )
 
     async def _on_text_input(self, sess: AgentSession[Any], ev: room_io.TextInputEvent) -> None:
         """A chat message typed by the user: the same turn preparation as speech."""
