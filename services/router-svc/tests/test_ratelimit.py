@@ -98,12 +98,17 @@ async def test_four_processes_admit_exactly_the_limit(redis_url: str, transport:
 async def test_token_budget_is_exact_under_concurrency(redis_url: str, transport: str,
                                                        redis_client: aioredis.Redis) -> None:
     # 10k tokens per minute, 100 tokens per call: exactly 100 calls fit the burst.
-    results = hammer(redis_url, "acme", procs=4, requests=100, rpm=1e6, tpm=10_000, tokens=100,
+    # 400 calls per replica keep each one calling long enough for the four to overlap.
+    results = hammer(redis_url, "acme", procs=4, requests=400, rpm=1e6, tpm=10_000, tokens=100,
                      transport=transport)
     admitted = sum(r["admitted"] for r in results)
     elapsed = max(r["last"] for r in results) - min(r["first"] for r in results)
     assert admitted == 100 + int(elapsed * 10_000 / 60 / 100), (admitted, elapsed)
-    assert sum(1 for r in results if r["admitted"] > 0) >= 2  # several replicas won some
+    # The replicas really raced. Which of them wins the 100 admissions is up to the scheduler:
+    # on a loaded machine the first to read "go" can take all of them (seen in CI), so the
+    # test asserts that the processes overlapped, not that several of them won.
+    assert max(r["first"] for r in results) < min(r["last"] for r in results)
+    assert sum(r["admitted"] + r["denied"] for r in results) == 1600
 
 
 async def test_corrections_give_back_and_take_tokens(redis_url: str, transport: str,
