@@ -173,4 +173,4 @@ def test_build_speech_uses_the_session_vad_only_when_given_one() -> None:
     shared = build_speech(agent, settings, vad_model=SessionVAD(base)).stt
     assert isinstance(shared, UtteranceSTT)
     assert isinstance(shared.wrapped_stt, LocalWhisperSTT)
-    assert isinstance(build_speech(agent, settings, vad_model=base).stt, stt.StreamAdapter)
+    assert type(build_speech(agent, settings, vad_model=base).stt) is stt.StreamAdapter

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from livekit.agents import stt, utils
 from livekit.agents import vad as agents_vad
-from livekit.agents.stt import STTCapabilities
 from livekit.agents.types import (
     DEFAULT_API_CONNECT_OPTIONS,
     NOT_GIVEN,
@@ -32,12 +31,7 @@ from livekit.agents.types import (
     NotGivenOr,
 )
 
-if TYPE_CHECKING:
-    from collections.abc import AsyncIterable
-
 _SPEECH_EVENTS = (agents_vad.VADEventType.START_OF_SPEECH, agents_vad.VADEventType.END_OF_SPEECH)
-# The adapter's own conn options: STT.recognize already retries, the stream must not.
-_STREAM_CONN_OPTIONS = APIConnectOptions(max_retry=0, timeout=DEFAULT_API_CONNECT_OPTIONS.timeout)
 
 
 class _TappedVADStream:
@@ -132,53 +126,17 @@ class SessionVAD(agents_vad.VAD):
             self._current = None
 
 
-class UtteranceSTT(stt.STT[Any]):
-    """A batch STT made streaming by the session's VAD segments (see the module doc).
+class UtteranceSTT(stt.StreamAdapter):
+    """livekit's `stt.StreamAdapter` whose streams take their utterances from the session's
+    VAD segments instead of a VAD stream of their own (see the module doc).
 
-    Events are the ones `stt.StreamAdapter` emits: start of speech, end of speech, then the
-    utterance's final transcript when it has words."""
+    Everything else is the adapter's: capabilities, metrics, keyterms and conversation items
+    forwarded to the batch STT, and the events its streams emit (start of speech, end of
+    speech, then the utterance's final transcript when it has words)."""
 
     def __init__(self, *, stt: stt.STT[Any], vad: SessionVAD) -> None:
-        super().__init__(
-            capabilities=STTCapabilities(
-                streaming=True,
-                interim_results=False,
-                diarization=False,
-                keyterms=stt.capabilities.keyterms,
-                chat_context=stt.capabilities.chat_context,
-            )
-        )
-        self._stt = stt
-        self._vad = vad
-        stt.on("metrics_collected", self._forward_metrics)
-
-    @property
-    def wrapped_stt(self) -> stt.STT[Any]:
-        return self._stt
-
-    @property
-    def model(self) -> str:
-        return self._stt.model
-
-    @property
-    def provider(self) -> str:
-        return self._stt.provider
-
-    def prewarm(self) -> None:
-        self._stt.prewarm()
-
-    def _forward_metrics(self, *args: Any, **kwargs: Any) -> None:
-        self.emit("metrics_collected", *args, **kwargs)
-
-    async def _recognize_impl(
-        self,
-        buffer: utils.AudioBuffer,
-        *,
-        language: NotGivenOr[str] = NOT_GIVEN,
-        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
-    ) -> stt.SpeechEvent:
-        return await self._stt.recognize(buffer=buffer, language=language,
-                                         conn_options=conn_options)
+        super().__init__(stt=stt, vad=vad)
+        self._session_vad = vad
 
     def stream(
         self,
@@ -186,34 +144,27 @@ class UtteranceSTT(stt.STT[Any]):
         language: NotGivenOr[str] = NOT_GIVEN,
         conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
     ) -> stt.RecognizeStream:
-        return _UtteranceStream(self, language=language, conn_options=conn_options)
-
-    async def aclose(self) -> None:
-        self._stt.off("metrics_collected", self._forward_metrics)
+        return _UtteranceStream(self, self._session_vad, wrapped_stt=self.wrapped_stt,
+                                language=language, conn_options=conn_options)
 
 
-class _UtteranceStream(stt.RecognizeStream):
+class _UtteranceStream(stt.StreamAdapterWrapper):
     def __init__(
-        self, owner: UtteranceSTT, *, language: NotGivenOr[str], conn_options: APIConnectOptions
+        self, owner: UtteranceSTT, session_vad: SessionVAD, *, wrapped_stt: stt.STT[Any],
+        language: NotGivenOr[str], conn_options: APIConnectOptions,
     ) -> None:
-        super().__init__(stt=owner, conn_options=_STREAM_CONN_OPTIONS)
-        self._owner = owner
-        self._language = language
-        self._recognize_conn_options = conn_options
+        super().__init__(owner, vad=session_vad, wrapped_stt=wrapped_stt, language=language,
+                         conn_options=conn_options)
+        self._session_vad = session_vad
         # subscribed now, so no segment ending after the stream opens is missed
-        self._segments = owner._vad.subscribe()
-
-    async def _metrics_monitor_task(self, event_aiter: AsyncIterable[stt.SpeechEvent]) -> None:
-        # the wrapped STT reports each recognition's metrics itself
-        async for _ in event_aiter:
-            pass
+        self._segments = session_vad.subscribe()
 
     async def _run(self) -> None:
         async def discard_audio() -> None:
             # livekit pushes the session's audio here too; the utterances come from the VAD
             async for _ in self._input_ch:
                 pass
-            self._owner._vad.unsubscribe(self._segments)
+            self._session_vad.unsubscribe(self._segments)
 
         async def recognize() -> None:
             async for ev in self._segments:
@@ -226,9 +177,9 @@ class _UtteranceStream(stt.RecognizeStream):
                 ))
                 if not ev.frames:
                     continue
-                result = await self._owner._stt.recognize(
+                result = await self._wrapped_stt.recognize(
                     buffer=utils.merge_frames(ev.frames), language=self._language,
-                    conn_options=self._recognize_conn_options,
+                    conn_options=self._wrapped_stt_conn_options,
                 )
                 if not result.alternatives or not result.alternatives[0].text:
                     continue
@@ -244,11 +195,11 @@ class _UtteranceStream(stt.RecognizeStream):
         try:
             await asyncio.gather(*tasks)
         finally:
-            self._owner._vad.unsubscribe(self._segments)
+            self._session_vad.unsubscribe(self._segments)
             await utils.aio.cancel_and_wait(*tasks)
 
     async def aclose(self) -> None:
-        self._owner._vad.unsubscribe(self._segments)
+        self._session_vad.unsubscribe(self._segments)
         await super().aclose()
 
 
