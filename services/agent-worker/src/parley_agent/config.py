@@ -99,6 +99,10 @@ class WorkerSettings(ServiceSettings):
     # Silero VAD inference (~0.13 ms per 32 ms window) run on the session's loop instead of a
     # thread-pool hop per window (parley_agent.vad); false: the plugin's own path.
     agent_vad_inline: bool = True
+    # No VAD inference on settled silence: after 1 s below this peak level (and out of speech)
+    # frames skip the model until one is louder (parley_agent.vad); false: every frame.
+    agent_vad_skip_silence: bool = True
+    agent_vad_silence_dbfs: float = Field(default=-60.0, ge=-120.0, le=-30.0)
     # One VAD stream per session: the session's own stream also cuts the offline STT's
     # utterances (parley_agent.utterances) instead of livekit's StreamAdapter running a second
     # one over the same audio; false: the adapter's own stream.

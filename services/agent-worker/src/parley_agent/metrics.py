@@ -52,3 +52,7 @@ VISION_STREAM_ERRORS = Counter(
 IMAGES_ATTACHED = Counter(
     "parley_agent_images_attached_total", "Kept frames attached to user turns", ["reason"]
 )
+VAD_SKIPPED_SECONDS = Counter(
+    "parley_agent_vad_skipped_seconds_total",
+    "Seconds of room audio the VAD skipped as settled silence (no model inference)",
+)

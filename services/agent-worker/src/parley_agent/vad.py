@@ -1,4 +1,5 @@
-"""Silero VAD with its per-window inference run on the session's event loop.
+"""The worker's VAD: Silero with its per-window inference run on the session's event loop, and
+no inference at all on settled silence.
 
 livekit's silero plugin hands every 32 ms window (about 0.13 ms of ONNX work on one core) to
 the loop's default thread pool and awaits the result. For a model that small the hand-off
@@ -9,6 +10,17 @@ inference in place keeps the plugin's logic (thresholds, padding, speech buffers
 untouched and removes the hops; the loop is held for the inference's ~0.13 ms.
 
 `PARLEY_AGENT_VAD_INLINE=false` restores the plugin's thread-pool path.
+
+Silence: a session's microphone is silent most of the time (the user listens, thinks, or is
+muted behind noise suppression and DTX, whose decoded audio is near zero), and the VAD still ran
+its model on every 32 ms window of it, with the plugin's per-window bookkeeping around it: about
+0.018 cores per session on this machine, a fifth of a streaming session's CPU. `SilenceSkippingVAD`
+stops feeding the model once the audio has stayed below a floor (-60 dBFS peak by default) for
+`SETTLE_S` and the stream is not in speech; the first frame above the floor is fed again, so
+speech is detected by the same model from the state it reached on the silence. The settle time
+is longer than Silero's 0.55 s minimum silence, so any speech has ended (its END_OF_SPEECH
+emitted) before a frame is skipped. Audio with room noise above the floor is never skipped; it
+costs what it did. `PARLEY_AGENT_VAD_SKIP_SILENCE=false` feeds every frame.
 """
 
 from __future__ import annotations
@@ -16,10 +28,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
+import numpy as np
+from livekit import rtc
 from livekit.agents import vad as agents_vad
 from livekit.plugins import silero
+
+from .metrics import VAD_SKIPPED_SECONDS
 
 T = TypeVar("T")
 
@@ -64,6 +80,99 @@ class InlineSileroVAD(silero.VAD):
         return stream
 
 
-def load_vad(*, inline: bool = True) -> agents_vad.VAD:
+# Continuous audio below the floor before the model is skipped: longer than Silero's minimum
+# silence (0.55 s), so speech has ended and its END_OF_SPEECH is out before anything is skipped.
+SETTLE_S = 1.0
+
+
+def peak_floor(dbfs: float) -> int:
+    """The 16-bit sample magnitude of a peak level in dBFS (-60 dBFS: 33)."""
+    return int(round(32768 * 10 ** (dbfs / 20)))
+
+
+class _SilenceSkippingStream:
+    """The base VAD's stream, fed only the frames that are not settled silence."""
+
+    def __init__(self, owner: SilenceSkippingVAD, inner: agents_vad.VADStream) -> None:
+        self._owner = owner
+        self._inner = inner
+        self._quiet_s = 0.0  # audio below the floor pushed since the last louder frame
+        self._in_speech = False  # per the newest event the session has read
+        self.skipped_s = 0.0
+
+    def _quiet(self, frame: rtc.AudioFrame) -> bool:
+        pcm = np.frombuffer(frame.data, dtype=np.int16)
+        if pcm.size == 0:
+            return False
+        floor = self._owner.floor
+        return int(pcm.max()) <= floor and int(pcm.min()) >= -floor
+
+    def push_frame(self, frame: rtc.AudioFrame) -> None:
+        if self._quiet(frame):
+            if self._quiet_s >= self._owner.settle_s - 1e-9 and not self._in_speech:
+                self.skipped_s += frame.duration
+                VAD_SKIPPED_SECONDS.inc(frame.duration)
+                return
+            self._quiet_s += frame.duration
+        else:
+            self._quiet_s = 0.0
+        self._inner.push_frame(frame)
+
+    def flush(self) -> None:
+        self._quiet_s = 0.0  # the inner stream resets: let it settle again
+        self._inner.flush()
+
+    def end_input(self) -> None:
+        self._inner.end_input()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def __aiter__(self) -> _SilenceSkippingStream:
+        return self
+
+    async def __anext__(self) -> agents_vad.VADEvent:
+        ev = await self._inner.__anext__()
+        self._in_speech = ev.speaking or ev.raw_accumulated_speech > 0
+        return ev
+
+
+class SilenceSkippingVAD(agents_vad.VAD):
+    """A VAD whose streams skip the model on settled silence (see the module doc)."""
+
+    def __init__(
+        self, base: agents_vad.VAD, *, floor_dbfs: float = -60.0, settle_s: float = SETTLE_S
+    ) -> None:
+        super().__init__(capabilities=base.capabilities)
+        self._base = base
+        self.floor = peak_floor(floor_dbfs)
+        self.settle_s = settle_s
+        # the base is this wrapper's own (one per job process): no listener to remove
+        base.on("metrics_collected", self._forward_metrics)
+
+    @property
+    def base(self) -> agents_vad.VAD:
+        return self._base
+
+    @property
+    def model(self) -> str:
+        return self._base.model
+
+    @property
+    def provider(self) -> str:
+        return self._base.provider
+
+    def _forward_metrics(self, *args: Any, **kwargs: Any) -> None:
+        self.emit("metrics_collected", *args, **kwargs)
+
+    def stream(self) -> agents_vad.VADStream:
+        # duck-typed: the session only pushes frames, iterates events and closes it
+        return cast(agents_vad.VADStream, _SilenceSkippingStream(self, self._base.stream()))
+
+
+def load_vad(
+    *, inline: bool = True, skip_silence: bool = True, silence_dbfs: float = -60.0
+) -> agents_vad.VAD:
     """The worker's VAD, loaded once per job process at prewarm."""
-    return InlineSileroVAD.load() if inline else silero.VAD.load()
+    base: agents_vad.VAD = InlineSileroVAD.load() if inline else silero.VAD.load()
+    return SilenceSkippingVAD(base, floor_dbfs=silence_dbfs) if skip_silence else base

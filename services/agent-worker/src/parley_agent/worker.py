@@ -97,7 +97,11 @@ class SessionLoad:
 def prewarm(settings: WorkerSettings, proc: JobProcess) -> None:
     """Runs once in each job process before it takes a job: load the models it will use."""
     started = time.perf_counter()
-    proc.userdata["vad"] = load_vad(inline=settings.agent_vad_inline)
+    proc.userdata["vad"] = load_vad(
+        inline=settings.agent_vad_inline,
+        skip_silence=settings.agent_vad_skip_silence,
+        silence_dbfs=settings.agent_vad_silence_dbfs,
+    )
     if settings.agent_preload_stt:
         local_stt.load_whisper(settings.agent_stt_threads)
     logger.info("job process ready", extra={"prewarm_s": round(time.perf_counter() - started, 3)})
