@@ -9,12 +9,14 @@ import threading
 import numpy as np
 import pytest
 from livekit import rtc
-from livekit.agents import vad
+from livekit.agents import inference, vad
 from livekit.agents.metrics import VADMetrics
 from livekit.plugins import silero
 from parley_agent.sim import espeak_pcm
 from parley_agent.vad import (
+    MIN_SILENCE_S,
     SETTLE_S,
+    InlineExecutor,
     InlineSileroVAD,
     SilenceSkippingVAD,
     _InlineExecutorLoop,
@@ -90,12 +92,49 @@ async def test_an_inference_error_reaches_the_stream_like_the_pool_path() -> Non
 def test_load_vad_switch() -> None:
     default = load_vad()
     assert isinstance(default, SilenceSkippingVAD)
-    assert isinstance(default.base, InlineSileroVAD)
+    assert isinstance(default.base, inference.VAD)
+    assert default.base.min_silence_duration == MIN_SILENCE_S
+    assert isinstance(default.base._executor, InlineExecutor)
     assert default.floor == peak_floor(-60.0) == 33
-    assert isinstance(load_vad(skip_silence=False), InlineSileroVAD)
-    plain = load_vad(inline=False, skip_silence=False)
+    threaded = load_vad(inline=False, skip_silence=False)
+    assert isinstance(threaded, inference.VAD) and threaded._executor is None
+    assert isinstance(load_vad(runtime="onnx", skip_silence=False), InlineSileroVAD)
+    plain = load_vad(runtime="onnx", inline=False, skip_silence=False)
     assert type(plain) is silero.VAD
     assert load_vad(silence_dbfs=-40.0).floor == 328  # type: ignore[attr-defined]
+
+
+async def test_native_inline_matches_the_native_thread_pool_event_for_event(
+    conversation: list[rtc.AudioFrame],
+) -> None:
+    pooled, _ = await run_stream(load_vad(inline=False, skip_silence=False), conversation)
+    inline, _ = await run_stream(load_vad(skip_silence=False), conversation)
+    assert len(speech_events(pooled)) == 4
+    assert inline == pooled
+
+
+async def test_native_runtime_cuts_the_utterances_the_plugin_cuts(
+    conversation: list[rtc.AudioFrame],
+) -> None:
+    """Same model, same segmentation; the plugin also smooths the probability (35% of the
+    previous window), which moves a boundary by a window or two."""
+    window = 512 / 16000
+    plugin = speech_events((await run_stream(silero.VAD.load(), conversation))[0])
+    native = speech_events((await run_stream(load_vad(skip_silence=False), conversation))[0])
+    assert [e[0] for e in native] == [e[0] for e in plugin] == [
+        vad.VADEventType.START_OF_SPEECH, vad.VADEventType.END_OF_SPEECH] * 2
+    for a, b in zip(plugin, native, strict=True):
+        assert abs(a[1] - b[1]) <= 3 * window + 1e-6, (a, b)  # when
+        assert abs(a[2] - b[2]) <= 3 * window + 1e-6, (a, b)  # speech duration
+        assert abs(a[4] - b[4]) <= 3 * 512, (a, b)  # utterance samples for the STT
+
+
+async def test_an_inline_executor_error_reaches_the_awaiting_stream() -> None:
+    def boom() -> float:
+        raise RuntimeError("native VAD failed")
+
+    with pytest.raises(RuntimeError, match="native VAD failed"):
+        await asyncio.get_running_loop().run_in_executor(InlineExecutor(), boom)
 
 
 def frames_of(audio: np.ndarray, rate: int, ms: int = 100) -> list[rtc.AudioFrame]:
@@ -136,7 +175,7 @@ async def test_settled_silence_skips_the_model_and_speech_is_cut_the_same(
     refs = []
     for shift in range(0, 512, 64):
         lead = [rtc.AudioFrame(b"\x00\x00" * shift, 16000, 1, shift)] if shift else []
-        every, _ = await run_stream(InlineSileroVAD.load(), lead + silent_gaps)
+        every, _ = await run_stream(load_vad(skip_silence=False), lead + silent_gaps)
         refs.append(speech_events(every))
     skipping, stream = await run_stream(load_vad(), silent_gaps)
     got = speech_events(skipping)
@@ -165,7 +204,7 @@ async def test_audio_above_the_floor_is_never_skipped(
 ) -> None:
     """The shared fixture's pauses are low noise (peaks ~-45 dBFS): every window is inferred,
     event for event as without the skip."""
-    every, _ = await run_stream(InlineSileroVAD.load(), conversation)
+    every, _ = await run_stream(load_vad(skip_silence=False), conversation)
     skipping, stream = await run_stream(load_vad(), conversation)
     assert skipping == every
     assert stream.skipped_s == 0  # type: ignore[attr-defined]

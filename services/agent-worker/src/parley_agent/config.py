@@ -96,8 +96,11 @@ class WorkerSettings(ServiceSettings):
     # speaking rate with an STFT of every TTS frame, ~10% of a session's CPU while the agent
     # talks (bench/agent). Off: each sentence's caption is sent as soon as it is known.
     agent_sync_transcription: bool = False
-    # Silero VAD inference (~0.13 ms per 32 ms window) run on the session's loop instead of a
-    # thread-pool hop per window (parley_agent.vad); false: the plugin's own path.
+    # Silero VAD: "native" runs it through livekit-local-inference (~20 us per 32 ms window),
+    # "onnx" through the silero plugin's onnxruntime session (~180 us); same model.
+    agent_vad_runtime: Literal["native", "onnx"] = "native"
+    # The VAD's per-window inference run on the session's loop instead of a thread-pool hop per
+    # window (parley_agent.vad); false: the thread pool.
     agent_vad_inline: bool = True
     # No VAD inference on settled silence: after 1 s below this peak level (and out of speech)
     # frames skip the model until one is louder (parley_agent.vad); false: every frame.

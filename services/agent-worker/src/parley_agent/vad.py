@@ -1,37 +1,44 @@
-"""The worker's VAD: Silero with its per-window inference run on the session's event loop, and
-no inference at all on settled silence.
+"""The worker's VAD: Silero run natively, its per-window inference on the session's event loop,
+and no inference at all on settled silence.
 
-livekit's silero plugin hands every 32 ms window (about 0.13 ms of ONNX work on one core) to
-the loop's default thread pool and awaits the result. For a model that small the hand-off
-costs more than the inference: a queue put, a thread wake-up, the GIL moving twice and a
-self-pipe write to wake the loop, 31 times a second per stream, and a voice session has two
-streams (the session's own and the one the STT adapter cuts utterances with). Running the
-inference in place keeps the plugin's logic (thresholds, padding, speech buffers, events)
-untouched and removes the hops; the loop is held for the inference's ~0.13 ms.
+Runtime: livekit's `inference.VAD` runs the same Silero model (same probabilities to 1e-6)
+through livekit-local-inference's native runtime, ~20 us per 32 ms window against ~180 us for
+the silero plugin's onnxruntime call from Python. On audio that is never silent (a noisy room)
+a session's VAD stream costs 0.010 instead of 0.017 cores on this machine (bench/ notes in the
+README). Its segmentation logic is the plugin's, without the plugin's smoothing of the
+probability; the plugin's 0.55 s minimum silence is kept (livekit's native default is 0.25 s,
+which would end turns on shorter pauses). `PARLEY_AGENT_VAD_RUNTIME=onnx` restores the plugin.
 
-`PARLEY_AGENT_VAD_INLINE=false` restores the plugin's thread-pool path.
+Inline: both hand every window to a thread pool and await the result. For a model that small
+the hand-off costs more than the inference: a queue put, a thread wake-up, the GIL moving twice
+and a self-pipe write to wake the loop, 31 times a second per stream. Running the inference in
+place keeps the VAD's logic (thresholds, padding, speech buffers, events) untouched and
+removes the hops; the loop is held for the inference (~20 us native, ~0.13 ms onnx).
+`PARLEY_AGENT_VAD_INLINE=false` restores the thread-pool path.
 
 Silence: a session's microphone is silent most of the time (the user listens, thinks, or is
-muted behind noise suppression and DTX, whose decoded audio is near zero), and the VAD still ran
-its model on every 32 ms window of it, with the plugin's per-window bookkeeping around it: about
-0.018 cores per session on this machine, a fifth of a streaming session's CPU. `SilenceSkippingVAD`
-stops feeding the model once the audio has stayed below a floor (-60 dBFS peak by default) for
-`SETTLE_S` and the stream is not in speech; the first frame above the floor is fed again, so
-speech is detected by the same model from the state it reached on the silence. The settle time
-is longer than Silero's 0.55 s minimum silence, so any speech has ended (its END_OF_SPEECH
-emitted) before a frame is skipped. Audio with room noise above the floor is never skipped; it
-costs what it did. `PARLEY_AGENT_VAD_SKIP_SILENCE=false` feeds every frame.
+muted behind noise suppression and DTX, whose decoded audio is near zero), and the VAD still
+ran its model on every 32 ms window of it, with the per-window bookkeeping around it: about
+0.018 cores per session on this machine with the onnx runtime, a fifth of a streaming session's
+CPU. `SilenceSkippingVAD` stops feeding the model once the audio has stayed below a floor (-60
+dBFS peak by default) for `SETTLE_S` and the stream is not in speech; the first frame above the
+floor is fed again, so speech is detected by the same model from the state it reached on the
+silence. The settle time is longer than Silero's 0.55 s minimum silence, so any speech has
+ended (its END_OF_SPEECH emitted) before a frame is skipped. Audio with room noise above the
+floor is never skipped; it costs what it did. `PARLEY_AGENT_VAD_SKIP_SILENCE=false` feeds
+every frame.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from concurrent.futures import Executor
-from typing import Any, TypeVar, cast
+from concurrent.futures import Executor, Future
+from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
 from livekit import rtc
+from livekit.agents import inference
 from livekit.agents import vad as agents_vad
 from livekit.plugins import silero
 
@@ -60,6 +67,19 @@ class _InlineExecutorLoop:
         self.inline_calls += 1
         try:
             fut.set_result(func(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting stream as-is
+            fut.set_exception(exc)
+        return fut
+
+
+class InlineExecutor(Executor):
+    """Runs each submitted call in place and returns its finished future: for livekit's
+    `inference.VAD`, which awaits `loop.run_in_executor(executor, ...)` per window."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        fut: Future[T] = Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting stream as-is
             fut.set_exception(exc)
         return fut
@@ -170,9 +190,24 @@ class SilenceSkippingVAD(agents_vad.VAD):
         return cast(agents_vad.VADStream, _SilenceSkippingStream(self, self._base.stream()))
 
 
+VADRuntime = Literal["native", "onnx"]
+# The silero plugin's segmentation defaults, which the worker has always used.
+MIN_SILENCE_S = 0.55
+
+
 def load_vad(
-    *, inline: bool = True, skip_silence: bool = True, silence_dbfs: float = -60.0
+    *,
+    runtime: VADRuntime = "native",
+    inline: bool = True,
+    skip_silence: bool = True,
+    silence_dbfs: float = -60.0,
 ) -> agents_vad.VAD:
     """The worker's VAD, loaded once per job process at prewarm."""
-    base: agents_vad.VAD = InlineSileroVAD.load() if inline else silero.VAD.load()
+    base: agents_vad.VAD
+    if runtime == "native":
+        base = inference.VAD(
+            min_silence_duration=MIN_SILENCE_S, executor=InlineExecutor() if inline else None
+        )
+    else:
+        base = InlineSileroVAD.load() if inline else silero.VAD.load()
     return SilenceSkippingVAD(base, floor_dbfs=silence_dbfs) if skip_silence else base

@@ -98,6 +98,7 @@ def prewarm(settings: WorkerSettings, proc: JobProcess) -> None:
     """Runs once in each job process before it takes a job: load the models it will use."""
     started = time.perf_counter()
     proc.userdata["vad"] = load_vad(
+        runtime=settings.agent_vad_runtime,
         inline=settings.agent_vad_inline,
         skip_silence=settings.agent_vad_skip_silence,
         silence_dbfs=settings.agent_vad_silence_dbfs,
