@@ -147,7 +147,7 @@ async def direct_floor(router_addr: str, n: int = 30) -> list[float]:
 async def run_session(
     url: str, index: int, turns: int, fps: float, width: int, height: int,
     results: list[dict[str, Any]], ready: asyncio.Barrier, go: asyncio.Barrier,
-    done: asyncio.Barrier,
+    done: asyncio.Barrier, mic_noise_dbfs: float | None = None,
 ) -> None:
     room = f"bench-{index}-{uuid.uuid4().hex[:6]}"
     await create_room(url, DEV_KEY, DEV_SECRET, room=room,
@@ -155,7 +155,8 @@ async def run_session(
                                 "session_id": room},
                       dispatches=[("parley-agent", {})])
     async with SimulatedUser.join(url, DEV_KEY, DEV_SECRET, room=room,
-                                  identity=f"user-{index}") as user:
+                                  identity=f"user-{index}",
+                                  mic_noise_dbfs=mic_noise_dbfs) as user:
         await user.wait_for_agent(timeout=90)
         await user.publish_microphone()
         if fps > 0:
@@ -257,7 +258,7 @@ async def main(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]
         mem_task = asyncio.create_task(sample_memory())
         sessions = asyncio.gather(*[
             run_session(url, i, args.turns, args.fps, args.width, args.height, results,
-                        ready, go, done)
+                        ready, go, done, args.mic_noise_dbfs)
             for i in range(args.sessions)
         ])
         try:
@@ -308,6 +309,7 @@ async def main(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]
             "cpu_seconds_per_turn": round(turn_cpu_s, 3),
             "turn_every_s": args.turn_every_s,
             "turn_detection": args.turn_detection,
+            "mic_noise_dbfs": args.mic_noise_dbfs,
             "cores_per_session": round(per_session_cores, 3),
             "sessions_per_core": round(1 / per_session_cores, 1),
             "machine_cores": cpu_count,
@@ -355,6 +357,9 @@ def print_table(m: dict[str, Any]) -> None:
 
     rows = [
         ("sessions (voice + video)", f"{m['sessions']}  ({m['video']})"),
+        ("microphone between utterances",
+         "digital silence" if m["mic_noise_dbfs"] is None
+         else f"room noise at {m['mic_noise_dbfs']:g} dBFS RMS"),
         ("turns answered", f"{m['turns_answered']} / {m['turns_requested']}"),
         ("worker CPU idle (baseline)", f"{m['worker_cores_idle']} cores"),
         ("worker CPU, sessions streaming (no talk)", f"{m['worker_cores_streaming']} cores"),
@@ -404,6 +409,9 @@ if __name__ == "__main__":
     parser.add_argument("--settle-s", type=float, default=8.0)
     parser.add_argument("--stream-s", type=float, default=10.0,
                         help="seconds of the streaming-only phase")
+    parser.add_argument("--mic-noise-dbfs", type=float, default=None,
+                        help="room noise on each participant's microphone (RMS dBFS, e.g. -50) "
+                             "instead of digital silence between utterances")
     parser.add_argument("--turn-every-s", type=float, default=15.0,
                         help="conversational pace assumed for the sessions-per-core projection")
     ns = parser.parse_args()

@@ -182,6 +182,11 @@ class SimulatedUser:
     _slides: list[bytes] = field(default_factory=list)
     _slide_index: int = 0
     _screen_size: tuple[int, int] = (1280, 720)
+    # Room noise on the microphone (RMS dBFS) between and under the speech; None: digital
+    # silence between utterances, as a client with noise suppression and DTX sends.
+    mic_noise_dbfs: float | None = None
+    _noise_task: asyncio.Task[None] | None = None
+    _playing: bool = False
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -189,9 +194,10 @@ class SimulatedUser:
     @contextlib.asynccontextmanager
     async def join(
         cls, url: str, api_key: str, api_secret: str, *, room: str, identity: str,
+        mic_noise_dbfs: float | None = None,
     ) -> AsyncIterator[SimulatedUser]:
         lk_room = rtc.Room()
-        user = cls(room=lk_room, identity=identity)
+        user = cls(room=lk_room, identity=identity, mic_noise_dbfs=mic_noise_dbfs)
         user._install_handlers()
         await lk_room.connect(url, user_token(api_key, api_secret, room=room, identity=identity))
         try:
@@ -247,6 +253,9 @@ class SimulatedUser:
         self._spawn(read())
 
     async def aclose(self) -> None:
+        if self._noise_task is not None:
+            self._noise_task.cancel()
+            await asyncio.gather(self._noise_task, return_exceptions=True)
         if self._screen_task is not None:
             self._screen_task.cancel()
             await asyncio.gather(self._screen_task, return_exceptions=True)
@@ -358,6 +367,30 @@ class SimulatedUser:
             ahead = (i + 1) / 100 - (time.monotonic() - started)
             if ahead > 0:
                 await asyncio.sleep(ahead)
+        if self.mic_noise_dbfs is not None:
+            self._noise_task = asyncio.create_task(self._room_noise(self._mic, sample_rate))
+
+    def _noise(self, samples: int) -> np.ndarray:
+        """Gaussian room noise at `mic_noise_dbfs` RMS (float samples)."""
+        assert self.mic_noise_dbfs is not None
+        rms = 32768 * 10 ** (self.mic_noise_dbfs / 20)
+        return np.random.default_rng().standard_normal(samples) * rms
+
+    async def _room_noise(self, source: rtc.AudioSource, rate: int) -> None:
+        """Keep the microphone fed with room noise in real time while nothing is spoken."""
+        step = rate // 10  # 100 ms frames
+        started, sent = time.monotonic(), 0
+        while True:
+            if self._playing:
+                await asyncio.sleep(0.05)
+                started, sent = time.monotonic(), 0
+                continue
+            pcm = np.clip(self._noise(step), -32768, 32767).astype(np.int16)
+            await source.capture_frame(rtc.AudioFrame(pcm.tobytes(), rate, 1, step))
+            sent += step
+            ahead = sent / rate - (time.monotonic() - started)
+            if ahead > 0.05:
+                await asyncio.sleep(ahead - 0.05)
 
     async def _ensure_mic(self, sample_rate: int) -> rtc.AudioSource:
         await self.publish_microphone(sample_rate)
@@ -384,22 +417,28 @@ class SimulatedUser:
         source = await self._ensure_mic(rate)
         step = rate // 100  # 10 ms frames
         audio = np.concatenate([pcm, np.zeros(int(rate * trailing_silence_s), dtype=np.int16)])
+        if self.mic_noise_dbfs is not None:
+            audio = np.clip(audio + self._noise(len(audio)), -32768, 32767).astype(np.int16)
         speech_end = len(pcm)
         end_sent_at = time.monotonic()
         started = time.monotonic()
-        for i in range(0, len(audio), step):
-            chunk = audio[i : i + step]
-            if len(chunk) < step:
-                chunk = np.pad(chunk, (0, step - len(chunk)))
-            await source.capture_frame(
-                rtc.AudioFrame(chunk.tobytes(), rate, 1, step)
-            )
-            # pace in real time (capture_frame only blocks once its queue is full)
-            ahead = (i + step) / rate - (time.monotonic() - started)
-            if ahead > 0.05:
-                await asyncio.sleep(ahead - 0.05)
-            if i < speech_end <= i + step:
-                end_sent_at = time.monotonic()
+        self._playing = True
+        try:
+            for i in range(0, len(audio), step):
+                chunk = audio[i : i + step]
+                if len(chunk) < step:
+                    chunk = np.pad(chunk, (0, step - len(chunk)))
+                await source.capture_frame(
+                    rtc.AudioFrame(chunk.tobytes(), rate, 1, step)
+                )
+                # pace in real time (capture_frame only blocks once its queue is full)
+                ahead = (i + step) / rate - (time.monotonic() - started)
+                if ahead > 0.05:
+                    await asyncio.sleep(ahead - 0.05)
+                if i < speech_end <= i + step:
+                    end_sent_at = time.monotonic()
+        finally:
+            self._playing = False
         return end_sent_at
 
     async def type_chat(self, text: str) -> None:
