@@ -158,6 +158,9 @@ async def test_voice_screen_share_and_chat_session(stack: Stack) -> None:
         # 5. the note-taker summarised over the data channel
         note = await user.wait_for_note(timeout=30)
         assert note["session_id"] == session_id and note["summary"]
+        # livekit's remote-session host is off: no participant was sent the session's events
+        # (or could read its chat history and inject turns through it)
+        assert user.session_streams == 0
 
     # vision-svc got the screen share with the session id and the speaking state
     assert any(c.session_id == session_id for c in b.vision.configs)

@@ -96,6 +96,12 @@ class WorkerSettings(ServiceSettings):
     # speaking rate with an STFT of every TTS frame, ~10% of a session's CPU while the agent
     # talks (bench/agent). Off: each sentence's caption is sent as soon as it is known.
     agent_sync_transcription: bool = False
+    # livekit's remote-session host (the `lk.agent.session` byte streams its console and
+    # playground use): every session event (state changes, conversation items, usage) is
+    # streamed to every participant, and any participant can read the chat history
+    # (instructions and tool results included) and inject turns. Off: the room gets only the
+    # transcription and Parley's own events.
+    agent_session_host: bool = False
     # Silero VAD: "native" runs it through livekit-local-inference (~20 us per 32 ms window),
     # "onnx" through the silero plugin's onnxruntime session (~180 us); same model.
     agent_vad_runtime: Literal["native", "onnx"] = "native"

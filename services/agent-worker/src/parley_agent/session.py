@@ -236,6 +236,7 @@ class AssistantRuntime:
             agent=self.build_agent(),
             room=room,
             room_options=self.room_options(),
+            session_host=self.settings.agent_session_host,
         )
         if self.profile.agent.video_enabled:
             self.vision = VisionCapture(

@@ -174,6 +174,8 @@ class SimulatedUser:
     agent_audio_tracks: list[rtc.RemoteAudioTrack] = field(default_factory=list)
     # Seconds of agent audio received with speech-level energy (RMS > 100), all agents.
     agent_voiced_s: float = 0.0
+    # livekit remote-session (`lk.agent.session`) byte streams received
+    session_streams: int = 0
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _mic: rtc.AudioSource | None = None
@@ -209,8 +211,12 @@ class SimulatedUser:
         self.room.on("data_received", self._on_data)
         self.room.on("track_subscribed", self._on_track)
         self.room.register_text_stream_handler(TOPIC_TRANSCRIPTION, self._on_transcription)
-        # the agent's session-state stream (for LiveKit's console); not needed here
-        self.room.register_byte_stream_handler("lk.agent.session", lambda reader, who: None)
+        # livekit's remote-session stream (its console's view of the session): counted, so
+        # tests can check the worker does not stream it unless configured to
+        self.room.register_byte_stream_handler("lk.agent.session", self._on_session_stream)
+
+    def _on_session_stream(self, reader: rtc.ByteStreamReader, participant: str) -> None:
+        self.session_streams += 1
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
