@@ -1,10 +1,10 @@
 # bench-agent: concurrent voice+video agent sessions through the real LiveKit server.
 # Include from the root Makefile (`include bench/agent/bench.mk`). Knobs:
-#   BENCH_AGENT_SESSIONS (default 2), BENCH_AGENT_TURNS (default 3), BENCH_AGENT_ARGS (extra flags,
+#   BENCH_AGENT_SESSIONS (default 2), BENCH_AGENT_TURNS (default 4), BENCH_AGENT_ARGS (extra flags,
 #   e.g. "--fps 15 --width 1920 --height 1080 --model-ttft-ms 300").
 PYTHON ?= .venv/bin/python
 BENCH_AGENT_SESSIONS ?= 2
-BENCH_AGENT_TURNS ?= 3
+BENCH_AGENT_TURNS ?= 4
 BENCH_AGENT_ARGS ?=
 
 .PHONY: bench-agent

@@ -399,7 +399,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     env = os.environ.get
     parser.add_argument("--sessions", type=int, default=int(env("BENCH_AGENT_SESSIONS", "2")))
-    parser.add_argument("--turns", type=int, default=int(env("BENCH_AGENT_TURNS", "3")))
+    parser.add_argument("--turns", type=int, default=int(env("BENCH_AGENT_TURNS", "4")))
     parser.add_argument("--fps", type=float, default=5.0)
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=720)
@@ -407,7 +407,7 @@ if __name__ == "__main__":
     parser.add_argument("--turn-detection", default="eot-local",
                         choices=["vad", "eot-local", "stt"])
     parser.add_argument("--settle-s", type=float, default=8.0)
-    parser.add_argument("--stream-s", type=float, default=10.0,
+    parser.add_argument("--stream-s", type=float, default=30.0,
                         help="seconds of the streaming-only phase")
     parser.add_argument("--mic-noise-dbfs", type=float, default=None,
                         help="room noise on each participant's microphone (RMS dBFS, e.g. -50) "
