@@ -12,8 +12,8 @@ pytestmark = pytest.mark.unit
 
 
 @pytest.mark.parametrize("dbfs", [-60.0, -50.0, -40.0])
-def test_room_noise_has_the_asked_level(dbfs: float) -> None:
-    user = SimulatedUser(room=rtc.Room(), identity="u", mic_noise_dbfs=dbfs)
+async def test_room_noise_has_the_asked_level(dbfs: float) -> None:
+    user = SimulatedUser(room=rtc.Room(), identity="u", mic_noise_dbfs=dbfs)  # needs a loop
     noise = user._noise(48000)
     rms_dbfs = 20 * np.log10(np.sqrt(np.mean(noise**2)) / 32768)
     assert abs(rms_dbfs - dbfs) < 0.2
