@@ -31,6 +31,8 @@ from livekit.agents.types import (
     NotGivenOr,
 )
 
+from .vad import VADWrapper
+
 _SPEECH_EVENTS = (agents_vad.VADEventType.START_OF_SPEECH, agents_vad.VADEventType.END_OF_SPEECH)
 
 
@@ -67,24 +69,15 @@ class _TappedVADStream:
         return ev
 
 
-class SessionVAD(agents_vad.VAD):
+class SessionVAD(VADWrapper):
     """The process's VAD, for one session, sharing its speech segments with `UtteranceSTT`."""
 
     def __init__(self, base: agents_vad.VAD) -> None:
-        super().__init__(capabilities=base.capabilities)
-        self._base = base
+        super().__init__(base)
         self._current: _TappedVADStream | None = None
         self._subscribers: set[utils.aio.Chan[agents_vad.VADEvent]] = set()
         # the inner streams report their metrics on the base VAD; the session listens here
         self._forwarding_metrics = False
-
-    @property
-    def model(self) -> str:
-        return self._base.model
-
-    @property
-    def provider(self) -> str:
-        return self._base.provider
 
     def stream(self) -> agents_vad.VADStream:
         if not self._forwarding_metrics:
@@ -111,9 +104,6 @@ class SessionVAD(agents_vad.VAD):
             self._forwarding_metrics = False
         for ch in list(self._subscribers):
             self.unsubscribe(ch)
-
-    def _forward_metrics(self, *args: Any, **kwargs: Any) -> None:
-        self.emit("metrics_collected", *args, **kwargs)
 
     def _publish(self, stream: _TappedVADStream, ev: agents_vad.VADEvent) -> None:
         if stream is not self._current:

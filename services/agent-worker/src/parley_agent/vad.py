@@ -157,18 +157,13 @@ class _SilenceSkippingStream:
         return ev
 
 
-class SilenceSkippingVAD(agents_vad.VAD):
-    """A VAD whose streams skip the model on settled silence (see the module doc)."""
+class VADWrapper(agents_vad.VAD):
+    """A VAD over another one: the same capabilities, model and provider, and the base's
+    metrics re-emitted here (the session listens on the VAD it was given)."""
 
-    def __init__(
-        self, base: agents_vad.VAD, *, floor_dbfs: float = -60.0, settle_s: float = SETTLE_S
-    ) -> None:
+    def __init__(self, base: agents_vad.VAD) -> None:
         super().__init__(capabilities=base.capabilities)
         self._base = base
-        self.floor = peak_floor(floor_dbfs)
-        self.settle_s = settle_s
-        # the base is this wrapper's own (one per job process): no listener to remove
-        base.on("metrics_collected", self._forward_metrics)
 
     @property
     def base(self) -> agents_vad.VAD:
@@ -184,6 +179,19 @@ class SilenceSkippingVAD(agents_vad.VAD):
 
     def _forward_metrics(self, *args: Any, **kwargs: Any) -> None:
         self.emit("metrics_collected", *args, **kwargs)
+
+
+class SilenceSkippingVAD(VADWrapper):
+    """A VAD whose streams skip the model on settled silence (see the module doc)."""
+
+    def __init__(
+        self, base: agents_vad.VAD, *, floor_dbfs: float = -60.0, settle_s: float = SETTLE_S
+    ) -> None:
+        super().__init__(base)
+        self.floor = peak_floor(floor_dbfs)
+        self.settle_s = settle_s
+        # the base is this wrapper's own (one per job process): no listener to remove
+        base.on("metrics_collected", self._forward_metrics)
 
     def stream(self) -> agents_vad.VADStream:
         # duck-typed: the session only pushes frames, iterates events and closes it
