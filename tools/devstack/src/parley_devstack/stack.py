@@ -296,12 +296,19 @@ def up(stack: Stack, only: list[str] | None = None) -> None:
         env = stack.service_env(name)
         if "MIGRATE_DATABASE_URL" in env:
             step(f"{name}: migrate")
-            subprocess.run(
+            migrated = subprocess.run(
                 [*stack.command(name)[:3], "migrate"],
                 env={**os.environ, **env},
-                check=True,
+                check=False,
                 cwd=ROOT,
             )
+            if migrated.returncode != 0:
+                raise SystemExit(
+                    f"{name}: migrating its database failed (its error is above). If the dev "
+                    f"stack's data in {stack.dir} was made by another checkout, stop it and "
+                    f"start fresh: `make down && rm -rf {stack.dir}` (the demo loads its data "
+                    "again)."
+                )
         step(f"{name} starting")
         log_path = stack.dir / "logs" / f"{name}.log"
         state.setdefault("log_offsets", {})[name] = (
