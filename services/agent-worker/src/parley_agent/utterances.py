@@ -31,36 +31,24 @@ from livekit.agents.types import (
     NotGivenOr,
 )
 
-from .vad import VADWrapper
+from .vad import VADStreamProxy, VADWrapper
 
 _SPEECH_EVENTS = (agents_vad.VADEventType.START_OF_SPEECH, agents_vad.VADEventType.END_OF_SPEECH)
 
 
-class _TappedVADStream:
+class _TappedVADStream(VADStreamProxy):
     """The base VAD's stream, unchanged for the session that reads it, whose speech events are
     also published to the session's utterance STT streams (when it is the session's newest)."""
 
     def __init__(self, owner: SessionVAD, inner: agents_vad.VADStream) -> None:
+        super().__init__(inner)
         self._owner = owner
-        self._inner = inner
-
-    def push_frame(self, frame: Any) -> None:
-        self._inner.push_frame(frame)
-
-    def flush(self) -> None:
-        self._inner.flush()
-
-    def end_input(self) -> None:
-        self._inner.end_input()
 
     async def aclose(self) -> None:
         try:
             await self._inner.aclose()
         finally:
             self._owner._stream_closed(self)
-
-    def __aiter__(self) -> _TappedVADStream:
-        return self
 
     async def __anext__(self) -> agents_vad.VADEvent:
         ev = await self._inner.__anext__()
@@ -85,7 +73,6 @@ class SessionVAD(VADWrapper):
             self._forwarding_metrics = True
         tapped = _TappedVADStream(self, self._base.stream())
         self._current = tapped
-        # duck-typed: the session only pushes frames, iterates events and closes it
         return cast(agents_vad.VADStream, tapped)
 
     def subscribe(self) -> utils.aio.Chan[agents_vad.VADEvent]:

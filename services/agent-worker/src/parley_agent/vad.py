@@ -110,13 +110,41 @@ def peak_floor(dbfs: float) -> int:
     return int(round(32768 * 10 ** (dbfs / 20)))
 
 
-class _SilenceSkippingStream:
+class VADStreamProxy:
+    """Another VAD's stream passed through unchanged; wrappers override what they change.
+
+    Duck-typed as an `agents_vad.VADStream`: the session only pushes frames, flushes, ends the
+    input, iterates events and closes it."""
+
+    def __init__(self, inner: agents_vad.VADStream) -> None:
+        self._inner = inner
+
+    def push_frame(self, frame: rtc.AudioFrame) -> None:
+        self._inner.push_frame(frame)
+
+    def flush(self) -> None:
+        self._inner.flush()
+
+    def end_input(self) -> None:
+        self._inner.end_input()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def __aiter__(self) -> VADStreamProxy:
+        return self
+
+    async def __anext__(self) -> agents_vad.VADEvent:
+        return await self._inner.__anext__()
+
+
+class _SilenceSkippingStream(VADStreamProxy):
     """The base VAD's stream, fed only the frames that are not settled silence."""
 
     def __init__(self, owner: SilenceSkippingVAD, inner: agents_vad.VADStream) -> None:
+        super().__init__(inner)
         self._owner = owner
-        self._inner = inner
-        self._quiet_s = 0.0  # audio below the floor pushed since the last louder frame
+        self._quiet_samples = 0  # audio below the floor pushed since the last louder frame
         self._in_speech = False  # per the newest event the session has read
         self.skipped_s = 0.0
 
@@ -129,27 +157,19 @@ class _SilenceSkippingStream:
 
     def push_frame(self, frame: rtc.AudioFrame) -> None:
         if self._quiet(frame):
-            if self._quiet_s >= self._owner.settle_s - 1e-9 and not self._in_speech:
+            settled = self._quiet_samples >= self._owner.settle_s * frame.sample_rate
+            if settled and not self._in_speech:
                 self.skipped_s += frame.duration
                 VAD_SKIPPED_SECONDS.inc(frame.duration)
                 return
-            self._quiet_s += frame.duration
+            self._quiet_samples += frame.samples_per_channel
         else:
-            self._quiet_s = 0.0
+            self._quiet_samples = 0
         self._inner.push_frame(frame)
 
     def flush(self) -> None:
-        self._quiet_s = 0.0  # the inner stream resets: let it settle again
+        self._quiet_samples = 0  # the inner stream resets: let it settle again
         self._inner.flush()
-
-    def end_input(self) -> None:
-        self._inner.end_input()
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    def __aiter__(self) -> _SilenceSkippingStream:
-        return self
 
     async def __anext__(self) -> agents_vad.VADEvent:
         ev = await self._inner.__anext__()
@@ -194,7 +214,6 @@ class SilenceSkippingVAD(VADWrapper):
         base.on("metrics_collected", self._forward_metrics)
 
     def stream(self) -> agents_vad.VADStream:
-        # duck-typed: the session only pushes frames, iterates events and closes it
         return cast(agents_vad.VADStream, _SilenceSkippingStream(self, self._base.stream()))
 
 
