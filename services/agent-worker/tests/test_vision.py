@@ -12,10 +12,16 @@ import pytest
 from livekit import rtc
 from livekit.agents import llm
 from parley.common.v1 import common_pb2
-from parley.vision.v1 import vision_pb2_grpc
+from parley.vision.v1 import vision_pb2
 from parley_agent.config import VisionAttachOptions, VisionOverrides
 from parley_agent.testing import FakeBackends, FakeVision
-from parley_agent.vision import FrameStreamer, KeptFrameStore, attach_frames
+from parley_agent.vision import (
+    FrameStreamer,
+    KeptFrameStore,
+    attach_frames,
+    encode_frame_request,
+    process_frames_method,
+)
 from parley_runtime.client import make_channel
 from parley_runtime.testing import signed_as
 
@@ -78,7 +84,7 @@ async def frames(items: Iterable[tuple[rtc.VideoFrame, int]]) -> AsyncIterator[r
 def streamer(channel: grpc.aio.Channel, source: AsyncIterator[Any], store: KeptFrameStore,
              speaking: bool = True, max_fps: float = 0) -> FrameStreamer:
     return FrameStreamer(
-        stub=vision_pb2_grpc.VisionServiceStub(channel), frames=source, tenant_id="acme",
+        process_frames=process_frames_method(channel), frames=source, tenant_id="acme",
         session_id="sess-1", participant="alice", track_sid="TR_screen", kind="screen_share",
         store=store, speaking=lambda: speaking, overrides=VisionOverrides(speaking_fps=10),
         max_send_fps=max_fps, backoff_max_s=0.2,
@@ -160,3 +166,37 @@ async def test_stream_failure_is_retried_with_backoff() -> None:
     assert isinstance(fakes.vision, DroppingVision) and fakes.vision.streams == 2
     assert store.latest(), "frames after the reconnect were kept"
     assert fakes.vision.configs, "the new stream started with its config"
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "sequence", "timestamp_us", "speaking"),
+    [
+        (0, 0, 1, 0, False),  # no pixels at all
+        (8, 8, 127, 1, True),  # 96 bytes: one-byte lengths
+        (10, 10, 128, -5, False),  # 150 bytes: two-byte lengths, a negative timestamp
+        (1280, 720, 2**40, 1_700_000_000_000_000, True),  # 1.4 MB: three-byte lengths
+        (3840, 2160, 2**64 - 1, 2**63 - 1, False),  # 12 MB: four-byte lengths, largest values
+    ],
+)
+def test_encoded_frame_request_parses_as_the_protobuf_built_one(
+    width: int, height: int, sequence: int, timestamp_us: int, speaking: bool
+) -> None:
+    rng = np.random.default_rng(width + height)
+    pixels = bytearray(rng.integers(0, 256, width * height * 3 // 2, dtype=np.uint8).tobytes())
+    expected = vision_pb2.ProcessFramesRequest()
+    frame = expected.frame
+    frame.sequence, frame.timestamp_us = sequence, timestamp_us
+    frame.format = vision_pb2.FRAME_FORMAT_I420
+    frame.width, frame.height, frame.data, frame.speaking = width, height, bytes(pixels), speaking
+    encoded = encode_frame_request(
+        sequence=sequence, timestamp_us=timestamp_us, width=width, height=height,
+        data=memoryview(pixels), speaking=speaking,
+    )
+    parsed = vision_pb2.ProcessFramesRequest.FromString(encoded)
+    assert parsed.WhichOneof("payload") == "frame"
+    assert parsed == expected
+    assert len(encoded) == expected.ByteSize()
+    # the pixels are copied out: changing the source afterwards does not change the request
+    if pixels:
+        pixels[0] ^= 0xFF
+        assert vision_pb2.ProcessFramesRequest.FromString(encoded).frame.data[0] != pixels[0]
