@@ -4,13 +4,16 @@ cap, and a SIGTERM drain that lets the running session finish."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
+from parley_agent.__main__ import BLAS_THREADS
 from parley_agent.runner import WorkerProcess
 from parley_agent.sim import SimulatedUser, create_room
 from parley_agent.testing import FakeBackends
@@ -45,6 +48,7 @@ async def test_health_metrics_and_sigterm_drain(
         "PARLEY_AGENT_PROMETHEUS_DIR": str(tmp_path / "prom"),
         "PARLEY_USAGE_SPOOL_DIR": str(tmp_path / "spool"),
     }
+    assert "OPENBLAS_NUM_THREADS" not in os.environ  # the worker sets it, not this test
     worker = WorkerProcess(env, log_path=tmp_path / "worker.log").start()
     try:
         await asyncio.to_thread(worker.wait_registered, 90)
@@ -63,6 +67,13 @@ async def test_health_metrics_and_sigterm_drain(
 
             _, text = await asyncio.to_thread(get, f"http://127.0.0.1:{metrics}/metrics")
             assert 'parley_agent_active_sessions{role="assistant"} 1.0' in text
+
+            # every process of the worker (forkserver, job processes) runs BLAS on one thread
+            assert worker.proc is not None
+            children = psutil.Process(worker.proc.pid).children(recursive=True)
+            assert children
+            for child in children:
+                assert child.environ().get("OPENBLAS_NUM_THREADS") == BLAS_THREADS, child
 
             assert worker.proc is not None
             worker.proc.send_signal(signal.SIGTERM)

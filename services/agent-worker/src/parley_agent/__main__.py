@@ -30,9 +30,23 @@ def _loop_monitor() -> None:
     os.environ.setdefault("LIVEKIT_AGENTS_LOOP_BLOCK_WARN_MS", LOOP_BLOCK_WARN_MS)
 
 
+# numpy's OpenBLAS starts a thread per core and, after every call, keeps it spinning for work.
+# A job process's matrices are small (Whisper's log-mel features), so on the 2-core bench box
+# that thread spun 0.08 CPU-s per user turn and did almost nothing (perf: 4.8% of a talking
+# job's CPU in blas_thread_server, 0.06% in sgemm). A session gets its parallelism from more job
+# processes, not from BLAS threads. Read when numpy loads, so set before anything imports it;
+# the forkserver, job and inference processes inherit it. An operator's own setting wins.
+BLAS_THREADS = "1"
+
+
+def _blas_threads() -> None:
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", BLAS_THREADS)
+
+
 def main() -> None:
     _prometheus_dir()
     _loop_monitor()
+    _blas_threads()
     from livekit.agents import cli
 
     from .config import WorkerSettings
