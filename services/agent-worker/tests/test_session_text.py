@@ -148,3 +148,19 @@ async def test_room_audio_frames_follow_the_setting(runtime_factory: Any) -> Non
     assert audio.sample_rate == 16000
     rt.settings = WorkerSettings(agent_audio_frame_ms=50)
     assert rt.room_options().get_audio_input_options().frame_size_ms == 50
+
+
+async def test_input_gain_control_skips_silence_unless_turned_off(runtime_factory: Any) -> None:
+    from livekit.agents.utils import is_given
+    from parley_agent.agc import SilenceGatedAGC
+
+    rt = runtime_factory(profile("acme"))
+    options = rt.room_options().audio_input
+    assert options.sample_rate == 16000 and options.frame_size_ms == 100
+    assert isinstance(options.noise_cancellation, SilenceGatedAGC)
+    assert options.noise_cancellation is rt.agc and options.auto_gain_control is False
+
+    rt.settings = WorkerSettings(agent_agc_skip_silence=False)
+    options = rt.room_options().audio_input
+    assert options.noise_cancellation is None
+    assert not is_given(options.auto_gain_control)  # livekit's own AGC, on every frame

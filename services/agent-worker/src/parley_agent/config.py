@@ -112,6 +112,9 @@ class WorkerSettings(ServiceSettings):
     # frames skip the model until one is louder (parley_agent.vad); false: every frame.
     agent_vad_skip_silence: bool = True
     agent_vad_silence_dbfs: float = Field(default=-60.0, ge=-120.0, le=-30.0)
+    # The input's automatic gain control (livekit's WebRTC AGC) skips frames below the same
+    # floor (parley_agent.agc); false: livekit's AGC on every frame.
+    agent_agc_skip_silence: bool = True
     # One VAD stream per session: the session's own stream also cuts the offline STT's
     # utterances (parley_agent.utterances) instead of livekit's StreamAdapter running a second
     # one over the same audio; false: the adapter's own stream.

@@ -27,6 +27,7 @@ from parley_runtime.auth import TokenSigner
 from parley_runtime.client import make_channel
 from parley_runtime.usage import UsageRecorder
 
+from .agc import SilenceGatedAGC
 from .agents import IntakeAgent
 from .config import WorkerSettings
 from .coordination import TOPIC_NOTES, TOPIC_TURNS, EventPublisher, decode_event, from_agent
@@ -136,6 +137,7 @@ class AssistantRuntime:
         self.speech: SpeechStack | None = None
         self.session: AgentSession[Any] | None = None
         self.vision: VisionCapture | None = None
+        self.agc: SilenceGatedAGC | None = None
         self.turns: EventPublisher | None = None
         self.meter = SessionUsageMeter(
             recorder=recorder, tenant_id=identity.tenant_id, session_id=session_id,
@@ -256,14 +258,22 @@ class AssistantRuntime:
         return room_io.RoomOptions(
             video_input=False,  # video goes to vision-svc, not to livekit's sampler
             text_input=room_io.TextInputOptions(text_input_cb=self._on_text_input),
-            # 16 kHz is what the VAD and the STT models take: one resampling step, not two
-            audio_input=room_io.AudioInputOptions(
-                sample_rate=16000, frame_size_ms=self.settings.agent_audio_frame_ms
-            ),
+            audio_input=self.audio_input_options(),
             text_output=room_io.TextOutputOptions(
                 sync_transcription=self.settings.agent_sync_transcription
             ),
         )
+
+    def audio_input_options(self) -> room_io.AudioInputOptions:
+        # 16 kHz is what the VAD and the STT models take: one resampling step, not two
+        options = room_io.AudioInputOptions(
+            sample_rate=16000, frame_size_ms=self.settings.agent_audio_frame_ms
+        )
+        if self.settings.agent_agc_skip_silence:
+            self.agc = SilenceGatedAGC(floor_dbfs=self.settings.agent_vad_silence_dbfs)
+            options.noise_cancellation = self.agc
+            options.auto_gain_control = False  # the gated processor is the AGC
+        return options
 
     async def _on_text_input(self, sess: AgentSession[Any], ev: room_io.TextInputEvent) -> None:
         """A chat message typed by the user: the same turn preparation as speech."""

@@ -110,6 +110,12 @@ def peak_floor(dbfs: float) -> int:
     return int(round(32768 * 10 ** (dbfs / 20)))
 
 
+def below_floor(frame: rtc.AudioFrame, floor: int) -> bool:
+    """Whether every sample of a non-empty 16-bit frame is within +-floor."""
+    pcm = np.frombuffer(frame.data, dtype=np.int16)
+    return pcm.size > 0 and int(pcm.max()) <= floor and int(pcm.min()) >= -floor
+
+
 class VADStreamProxy:
     """Another VAD's stream passed through unchanged; wrappers override what they change.
 
@@ -148,15 +154,8 @@ class _SilenceSkippingStream(VADStreamProxy):
         self._in_speech = False  # per the newest event the session has read
         self.skipped_s = 0.0
 
-    def _quiet(self, frame: rtc.AudioFrame) -> bool:
-        pcm = np.frombuffer(frame.data, dtype=np.int16)
-        if pcm.size == 0:
-            return False
-        floor = self._owner.floor
-        return int(pcm.max()) <= floor and int(pcm.min()) >= -floor
-
     def push_frame(self, frame: rtc.AudioFrame) -> None:
-        if self._quiet(frame):
+        if below_floor(frame, self._owner.floor):
             settled = self._quiet_samples >= self._owner.settle_s * frame.sample_rate
             if settled and not self._in_speech:
                 self.skipped_s += frame.duration
