@@ -79,7 +79,7 @@ class TreeSampler:
 
     def __init__(self, pid: int) -> None:
         self.root = psutil.Process(pid)
-        self._seen: dict[int, float] = {}
+        self._seen: dict[int, tuple[float, int]] = {}
         self._dead_cpu = 0.0
 
     def procs(self) -> list[psutil.Process]:
@@ -89,20 +89,25 @@ class TreeSampler:
             return []
 
     def cpu_seconds(self) -> float:
-        total = 0.0
-        alive: dict[int, float] = {}
+        """CPU of the tree so far, counting processes too short-lived to be sampled (espeak-ng).
+
+        A child reaped by a process of the tree is in its parent's children times; one that
+        vanished any other way is counted at its last sample.
+        """
+        alive: dict[int, tuple[float, int]] = {}
+        reaped = 0.0
         for p in self.procs():
             try:
                 t = p.cpu_times()
-                alive[p.pid] = t.user + t.system
+                alive[p.pid] = (t.user + t.system, p.ppid())
+                reaped += t.children_user + t.children_system
             except psutil.Error:
                 continue
-        for pid, last in self._seen.items():
-            if pid not in alive:
+        for pid, (last, ppid) in self._seen.items():
+            if pid not in alive and ppid not in alive:
                 self._dead_cpu += last
         self._seen = alive
-        total = sum(alive.values()) + self._dead_cpu
-        return total
+        return sum(own for own, _ in alive.values()) + reaped + self._dead_cpu
 
     def memory(self) -> tuple[float, list[tuple[float, float]]]:
         """(total PSS MB of the tree, [(USS MB, PSS MB)] of each job process).
