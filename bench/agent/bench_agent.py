@@ -169,6 +169,7 @@ async def run_session(
         await user.wait_for_turn(role="assistant", timeout=60)  # the greeting
         await ready.wait()  # every session streaming: the harness measures the base cost
         await go.wait()
+        voiced_before = user.agent_voiced_s
         answered = 0
         for t in range(turns):
             user.show_slide(t)
@@ -182,7 +183,8 @@ async def run_session(
             except TimeoutError:
                 pass
             await asyncio.sleep(1.0)
-        results.append({"session_done": room, "answered": answered})
+        results.append({"session_done": room, "answered": answered,
+                        "agent_voiced_s": user.agent_voiced_s - voiced_before})
         await done.wait()  # stay in the room until the harness has read the CPU counters
 
 
@@ -289,6 +291,9 @@ async def main(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]
 
         turns = [r for r in results if "platform_ms" in r]
         answered = sum(r["answered"] for r in results if "session_done" in r)
+        # the agent's speech as the participants heard it (frames above a low RMS): the replies
+        # the turn cost pays for
+        voiced = sum(r["agent_voiced_s"] for r in results if "session_done" in r)
         platform = [r["platform_ms"] for r in turns]
         first = [r["first_token_ms"] for r in turns]
         model = [r["model_ttft_ms"] for r in turns]
@@ -312,6 +317,7 @@ async def main(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]
             "worker_cores_conversation": round(busy_cores, 3),
             "streaming_cores_per_session": round(stream_per_session, 4),
             "cpu_seconds_per_turn": round(turn_cpu_s, 3),
+            "agent_speech_heard_s_per_turn": round(voiced / max(1, answered), 2),
             "turn_every_s": args.turn_every_s,
             "turn_detection": args.turn_detection,
             "mic_noise_dbfs": args.mic_noise_dbfs,
@@ -371,6 +377,7 @@ def print_table(m: dict[str, Any]) -> None:
         ("worker CPU, sessions talking", f"{m['worker_cores_conversation']} cores"),
         ("streaming CPU per session", f"{m['streaming_cores_per_session']} cores"),
         ("CPU per user turn (STT+LLM+TTS)", f"{m['cpu_seconds_per_turn']} CPU-s"),
+        ("agent speech heard per turn", f"{m['agent_speech_heard_s_per_turn']} s"),
         (f"CPU per session (a turn every {m['turn_every_s']:g} s)",
          f"{m['cores_per_session']} cores"),
         ("sessions per core (projected)", f"{m['sessions_per_core']}"),

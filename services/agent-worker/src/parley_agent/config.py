@@ -125,6 +125,9 @@ class WorkerSettings(ServiceSettings):
     # detect the start and end of speech 25 ms later on average (the VAD waits for 550 ms of
     # silence before it ends an utterance).
     agent_audio_frame_ms: int = Field(default=100, ge=10, le=200)
+    # The agent's voice is handed to LiveKit in frames of this many ms (parley_agent.playout):
+    # each frame is an FFI round trip, and livekit-agents' room output uses 50 ms.
+    agent_output_frame_ms: int = Field(default=100, ge=20, le=100)
 
     # Vision: frames sent to vision-svc per second at most per track (0: every frame), and the
     # reconnect backoff of a failed frame stream.

@@ -35,6 +35,7 @@ from .latency import TurnLatencyTracker
 from .log import logger
 from .metadata import JobIdentity
 from .notetaker import NoteTaker
+from .playout import set_output_frame_ms
 from .router_llm import TIER_BY_NAME, RouterLLM, RouterLLMOptions, tier_name
 from .speech import SpeechStack, build_speech
 from .tenancy import TenantProfile
@@ -240,6 +241,8 @@ class AssistantRuntime:
             room_options=self.room_options(),
             session_host=self.settings.agent_session_host,
         )
+        if self.speech is not None:
+            set_output_frame_ms(session.room_io.audio_output, self.settings.agent_output_frame_ms)
         if self.profile.agent.video_enabled:
             self.vision = VisionCapture(
                 room=room, channel=self.backends.vision, tenant_id=self.identity.tenant_id,
