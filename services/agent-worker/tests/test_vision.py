@@ -18,6 +18,7 @@ from parley_agent.testing import FakeBackends, FakeVision
 from parley_agent.vision import (
     FrameStreamer,
     KeptFrameStore,
+    UnchangedFrameFilter,
     attach_frames,
     encode_frame_request,
     process_frames_method,
@@ -82,12 +83,14 @@ async def frames(items: Iterable[tuple[rtc.VideoFrame, int]]) -> AsyncIterator[r
 
 
 def streamer(channel: grpc.aio.Channel, source: AsyncIterator[Any], store: KeptFrameStore,
-             speaking: bool = True, max_fps: float = 0) -> FrameStreamer:
+             speaking: bool = True, max_fps: float = 0, unchanged: int = 0,
+             heartbeat_s: float = 1.0) -> FrameStreamer:
     return FrameStreamer(
         process_frames=process_frames_method(channel), frames=source, tenant_id="acme",
         session_id="sess-1", participant="alice", track_sid="TR_screen", kind="screen_share",
         store=store, speaking=lambda: speaking, overrides=VisionOverrides(speaking_fps=10),
-        max_send_fps=max_fps, backoff_max_s=0.2,
+        max_send_fps=max_fps, backoff_max_s=0.2, unchanged_threshold=unchanged,
+        heartbeat_s=heartbeat_s,
     )
 
 
@@ -200,3 +203,132 @@ def test_encoded_frame_request_parses_as_the_protobuf_built_one(
     if pixels:
         pixels[0] ^= 0xFF
         assert vision_pb2.ProcessFramesRequest.FromString(encoded).frame.data[0] != pixels[0]
+
+
+# -- frames that show nothing new -------------------------------------------------------------
+
+W, H = 320, 180
+
+
+def picture(luma: np.ndarray) -> rtc.VideoFrame:
+    uv = np.full(2 * ((W + 1) // 2) * ((H + 1) // 2), 128, dtype=np.uint8)
+    return rtc.VideoFrame(W, H, rtc.VideoBufferType.I420,
+                          np.concatenate([luma.astype(np.uint8).ravel(), uv]).tobytes())
+
+
+def slide(seed: int) -> np.ndarray:
+    """Dark text-like blocks on a light page."""
+    rng = np.random.default_rng(seed)
+    page = np.full((H, W), 235, dtype=np.int16)
+    for _ in range(40):
+        y, x = rng.integers(0, H - 8), rng.integers(0, W - 30)
+        page[y : y + 8, x : x + rng.integers(6, 30)] = 30
+    return page
+
+
+def flicker(page: np.ndarray, i: int, amplitude: int = 15) -> np.ndarray:
+    """What VP8 does to a still picture frame after frame: small changes here and there (two
+    frames differ by up to 30 levels; measured on decoded 720p slides: up to ~20)."""
+    rng = np.random.default_rng(1000 + i)
+    noise = rng.integers(-amplitude, amplitude + 1, page.shape) * (rng.random(page.shape) < 0.01)
+    return np.clip(page + noise, 0, 255)
+
+
+MS = 1000
+
+
+def test_still_frames_are_left_out_until_the_heartbeat() -> None:
+    f = UnchangedFrameFilter(threshold=32, heartbeat_us=1000 * MS)
+    page = slide(1)
+    out = [f.admit(picture(flicker(page, i)), now_us=i * 200 * MS) for i in range(11)]  # 5 fps
+    # the first frame, then one a second standing for the four left out before it
+    assert out == [0, None, None, None, None, 4, None, None, None, None, 4]
+    assert f.skipped_total == 8
+
+
+def test_a_small_change_is_sent_with_the_frame_after_it() -> None:
+    f = UnchangedFrameFilter(threshold=32, heartbeat_us=1000 * MS)
+    page = slide(2)
+    assert f.admit(picture(page), now_us=0) == 0
+    assert f.admit(picture(flicker(page, 1)), now_us=200 * MS) is None
+    typed = page.copy()
+    typed[100:112, 50:58] = 30  # one character typed
+    assert f.admit(picture(typed), now_us=400 * MS) == 1
+    # the picture stopped moving: sent once so vision-svc sees it settle, then left out again
+    assert f.admit(picture(flicker(typed, 2)), now_us=600 * MS) == 0
+    assert f.admit(picture(flicker(typed, 3)), now_us=800 * MS) is None
+    assert f.admit(picture(slide(3)), now_us=900 * MS) == 1  # a new slide
+
+
+def test_a_slow_drift_is_caught_against_the_last_frame_sent() -> None:
+    f = UnchangedFrameFilter(threshold=32, heartbeat_us=10_000 * MS)
+    page = slide(4)
+    sent = []
+    for i in range(20):  # the page darkens by 3 levels a frame: never 32 between two frames
+        if f.admit(picture(page - 3 * i), now_us=i * 100 * MS) is not None:
+            sent.append(i)
+    assert sent[0] == 0 and 1 < len(sent) < 20
+    assert all(b - a <= 11 for a, b in zip(sent, sent[1:], strict=False))
+
+
+def test_size_changes_unreadable_frames_and_new_streams_are_sent() -> None:
+    f = UnchangedFrameFilter(threshold=32, heartbeat_us=1000 * MS)
+    page = slide(5)
+    assert f.admit(picture(page), now_us=0) == 0
+    assert f.admit(picture(page), now_us=100 * MS) is None
+    assert f.admit(i420(64, 48, 235), now_us=200 * MS) == 1  # another size
+    short = rtc.VideoFrame(W, H, rtc.VideoBufferType.I420, b"\x00" * 10)
+    assert f.admit(short, now_us=300 * MS) == 0  # vision-svc rejects it, with its reason
+    assert f.admit(picture(page), now_us=400 * MS) == 0
+    assert f.admit(picture(page), now_us=500 * MS) is None
+    f.reset()
+    assert f.admit(picture(page), now_us=600 * MS) == 0
+    off = UnchangedFrameFilter(threshold=0, heartbeat_us=1000 * MS)
+    assert [off.admit(picture(page), now_us=i) for i in range(3)] == [0, 0, 0]
+    with pytest.raises(ValueError):
+        UnchangedFrameFilter(threshold=128, heartbeat_us=1000 * MS)
+
+
+@pytest.mark.parametrize("threshold", [1, 32, 127])
+def test_the_comparison_is_exact_at_the_threshold(threshold: int) -> None:
+    """A pixel that moved by exactly the threshold is still; one more level is a change, up and
+    down, at both ends of the range."""
+    for base in (0, 100, 255):
+        for step in (threshold, threshold + 1):
+            for sign in (1, -1):
+                moved = base + sign * step
+                if not 0 <= moved <= 255:
+                    continue
+                f = UnchangedFrameFilter(threshold=threshold, heartbeat_us=1000 * MS)
+                page = np.full((H, W), base)
+                assert f.admit(picture(page), now_us=0) == 0
+                assert f.admit(picture(page), now_us=MS) is None
+                page[H // 2, W // 3] = moved
+                result = f.admit(picture(page), now_us=2 * MS)
+                assert (result is not None) == (step > threshold), (base, step, sign)
+
+
+async def test_a_still_screen_reaches_vision_svc_once_a_second(backends: FakeBackends) -> None:
+    """Through gRPC to the fake vision-svc: the frames left out are accounted for on the frames
+    sent, and every change arrives."""
+    channel = make_channel(backends.addr("vision"), signer=signed_as("agent-worker"))
+    a, b = slide(6), 255 - slide(7)  # a dark slide: the fake vision-svc keeps on mean luma
+    items = [(picture(flicker(a if i < 25 else b, i)), 1_000_000 + i * 100_000)
+             for i in range(40)]  # 4 s at 10 fps, a new slide at 2.5 s
+
+    async def paced() -> AsyncIterator[rtc.VideoFrameEvent]:
+        async for ev in frames(items):
+            yield ev
+            await asyncio.sleep(0.1)
+
+    s = streamer(channel, paced(), KeptFrameStore(), unchanged=32, heartbeat_s=1.0)
+    try:
+        await asyncio.wait_for(s.run(), 20)
+    finally:
+        await channel.close()
+    sent = backends.vision.frames
+    assert 4 <= len(sent) <= 10, [f.timestamp_us for f in sent]
+    assert 3_500_000 in [f.timestamp_us for f in sent]  # the new slide, on its first frame
+    assert len(sent) + sum(f.unchanged_skipped for f in sent) + s._unchanged.pending == 40
+    assert s.stats.unchanged_skipped == 40 - len(sent)
+    assert backends.vision.kept == 2

@@ -169,3 +169,45 @@ def test_a_static_screen_never_triggers_settle_checks() -> None:
     assert kinds.count(DecisionKind.KEEP) == 1
     assert not any("settled" in sel.process(frame(90 + i, 3000 + i * 33, a)).reason
                    for i in range(30))
+
+
+def test_frames_the_sender_skipped_as_unchanged_are_counted() -> None:
+    """A sender that leaves out unchanged frames (the agent) sends one a second; the frames it
+    skipped are seen, dropped as duplicates and priced in the naive baseline, as if sent."""
+    a, b = i420(11), i420(12)
+
+    def run(skip: bool) -> FrameStats:
+        sel = selector(max_staleness_s=0)
+        prev = 0
+        for i in range(150):  # 5 s at 30 fps; picture b from 2.5 s
+            data = a if i < 75 else b
+            if skip and i not in (0, 30, 60, 75, 76, 106, 136, 149):
+                continue
+            skipped = 0
+            if skip and i:
+                skipped = i - prev - 1
+            prev = i
+            f = frame(i, i * 1000 / 30, data)
+            sel.process(FrameInput(f.sequence, f.timestamp_us, f.speaking, f.raw,
+                                   unchanged_skipped=skipped))
+        return sel.stats
+
+    every, skipping = run(False), run(True)
+    assert skipping.frames_seen == every.frames_seen == 150
+    assert skipping.kept == every.kept == 2
+    assert skipping.dropped_duplicate + skipping.dropped_rate == 148
+    assert skipping.naive_image_tokens == every.naive_image_tokens
+
+
+def test_a_senders_skip_count_is_bounded_by_the_time_it_covers() -> None:
+    a = i420(13)
+    sel = selector()
+    first = frame(0, 0, a)
+    sel.process(FrameInput(0, first.timestamp_us, False, first.raw, unchanged_skipped=50))
+    assert sel.stats.frames_seen == 1  # the first frame stands for nothing before it
+    # 100 ms later: at most 12 frames fit (120 fps); at the nominal 30 fps it stands for 3
+    f = frame(1, 100, a)
+    sel.process(FrameInput(1, f.timestamp_us, False, f.raw, unchanged_skipped=4_000_000_000))
+    s = sel.stats
+    assert s.frames_seen == 2 + 12 and s.dropped_duplicate >= 12
+    assert s.naive_image_tokens == (1 + 3) * 258

@@ -139,6 +139,32 @@ async def test_a_screen_share_stream_end_to_end(harness: Harness) -> None:
     assert events[0].vision.model_id == "gemini-2.5-flash"
 
 
+async def test_frames_a_sender_left_out_as_unchanged_count_as_seen(harness: Harness) -> None:
+    """The agent sends a still screen once a second, the frame after each change and every
+    change; with the counts it left out, the stream's stats and usage are those of every frame."""
+    a, b = slide(0), slide(1)
+    pictures = [a] * 45 + [b] * 45  # 3 s at 30 fps
+    sent = [0, 1, 30, 45, 46, 76, 89]
+    msgs = [config()]
+    prev = None
+    for i in sent:
+        req = frame(i, i * 1000 / 30, pictures[i])
+        req.frame.unchanged_skipped = 0 if prev is None else i - prev - 1
+        msgs.append(req)
+        prev = i
+    out = await harness.run(msgs)
+    keep = vision_pb2.DECISION_KEEP
+    kept = [r.decision.sequence for r in out[:-1] if r.decision.decision == keep]
+    assert kept == [0, 45]
+    s = out[-1].stats.stats
+    assert s.frames_seen == 90 and s.kept == 2
+    assert s.dropped_duplicate + s.dropped_rate == 88
+    assert s.naive_image_tokens == 90 * 258
+    events = [e for t, e in harness.usage.events if t == "acme"]
+    assert sum(e.vision.frames_seen for e in events) == 90
+    assert sum(e.vision.naive_image_tokens for e in events) == 90 * 258
+
+
 async def test_bad_frames_are_rejected_and_the_stream_goes_on(harness: Harness) -> None:
     a = slide(2)
     jpeg = io.BytesIO()

@@ -134,6 +134,12 @@ class WorkerSettings(ServiceSettings):
     agent_vision_max_send_fps: float = Field(
         default=15.0, ge=0
     )
+    # Frames that show nothing new since the last frame sent are left out (parley_agent.vision,
+    # UnchangedFrameFilter): sent when a pixel's luma moved by more than this many levels
+    # (decoded VP8 of a still screen flickers by up to ~20), right after a change, and at least
+    # every `agent_vision_heartbeat_s`. 0: every frame goes to vision-svc.
+    agent_vision_unchanged_luma: int = Field(default=32, ge=0, le=127)
+    agent_vision_heartbeat_s: float = Field(default=1.0, gt=0, le=1.0)
     agent_vision_backoff_max_s: float = Field(
         default=10.0, gt=0
     )

@@ -46,6 +46,11 @@ VISION_FRAMES = Counter(
     "Video frames sent to vision-svc, by decision",
     ["decision"],
 )
+VISION_FRAMES_UNCHANGED = Counter(
+    "parley_agent_vision_frames_unchanged_total",
+    "Video frames left out because they showed nothing new since the last frame sent "
+    "(vision-svc counts them as seen duplicates)",
+)
 VISION_STREAM_ERRORS = Counter(
     "parley_agent_vision_stream_errors_total", "Frame streams that failed and were retried"
 )

@@ -251,6 +251,8 @@ class AssistantRuntime:
                 overrides=self.profile.vision,
                 max_send_fps=self.settings.agent_vision_max_send_fps,
                 backoff_max_s=self.settings.agent_vision_backoff_max_s,
+                unchanged_threshold=self.settings.agent_vision_unchanged_luma,
+                heartbeat_s=self.settings.agent_vision_heartbeat_s,
             )
             self.vision.start()
         self.meter.start(self.settings.agent_usage_interval_s)

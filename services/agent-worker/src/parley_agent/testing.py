@@ -246,8 +246,10 @@ class FakeVision(vision_pb2_grpc.VisionServiceServicer):
             self.frames.append(vision_pb2.Frame(
                 sequence=frame.sequence, timestamp_us=frame.timestamp_us, width=frame.width,
                 height=frame.height, speaking=frame.speaking, format=frame.format,
+                unchanged_skipped=frame.unchanged_skipped,
             ))
-            stats.frames_seen += 1
+            stats.frames_seen += 1 + frame.unchanged_skipped
+            stats.dropped_duplicate += frame.unchanged_skipped
             w, h = frame.width, frame.height
             if config is None:
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "config first")

@@ -20,6 +20,9 @@ from .rate import AdaptiveRateGate, StreamClock
 from .stats import FrameStats
 from .tenant_config import VisionConfig
 
+# No video source is faster: bounds a sender's count of frames it left out as unchanged.
+_MAX_SOURCE_FPS = 120
+
 
 class DecisionKind(enum.Enum):
     KEEP = "keep"
@@ -39,6 +42,8 @@ class FrameInput:
     timestamp_us: int
     speaking: bool
     raw: RawFrame
+    # Unchanged frames the sender left out since its previous frame (Frame.unchanged_skipped).
+    unchanged_skipped: int = 0
 
 
 @dataclass(slots=True)
@@ -67,7 +72,8 @@ class TrackFrameSelector:
 
     Naive baseline: every frame the source produced at `source_fps` (when the caller sends
     fewer, each frame stands for the source frames since the previous one; a gap longer than a
-    second counts as a pause, not as frames), each encoded like a kept frame.
+    second counts as a pause, not as frames, unless the sender says it left out unchanged frames
+    in it), each encoded like a kept frame.
     """
 
     def __init__(
@@ -131,7 +137,12 @@ class TrackFrameSelector:
             return self._reject(frame, exc)
         t = self._clock(frame.timestamp_us)
         self.last_stream_time_us = t
-        self._count_naive(t, layout)
+        skipped = self._credible_skips(frame.unchanged_skipped, t)
+        if skipped:
+            # frames the sender judged unchanged: seen, and dropped as duplicates of its last
+            self._bump("frames_seen", skipped)
+            self._bump("dropped_duplicate", skipped)
+        self._count_naive(t, layout, skipped)
 
         last_keep = self._gate.last_keep_us
         stale = (
@@ -294,11 +305,25 @@ class TrackFrameSelector:
             error_code=exc.code.name, error_message=exc.message,
         )
 
-    def _count_naive(self, t: int, layout: FrameLayout) -> None:
+    def _credible_skips(self, claimed: int, t: int) -> int:
+        """The sender's count of frames it left out as unchanged, bounded by what the time
+        since its previous frame can hold (no source runs faster than _MAX_SOURCE_FPS); the
+        first frame of a stream stands for none."""
+        if claimed <= 0 or self._last_valid_us is None:
+            return 0
+        gap_us = max(0, t - self._last_valid_us)
+        return min(claimed, math.ceil(gap_us * _MAX_SOURCE_FPS / 1e6))
+
+    def _count_naive(self, t: int, layout: FrameLayout, skipped: int = 0) -> None:
         credit = 1
-        if self.source_fps > 0 and self._last_valid_us is not None:
+        if self._last_valid_us is not None and self.source_fps > 0:
             frames = round((t - self._last_valid_us) * self.source_fps / 1e6)
-            credit = min(max(1, frames), max(1, math.ceil(self.source_fps)))
+            # A gap the sender filled with unchanged frames is not a pause: it sends one at
+            # least every second, so up to two seconds count as frames.
+            limit = 2 if skipped else 1
+            credit = min(max(1, frames), max(1, math.ceil(self.source_fps * limit)))
+        elif skipped:
+            credit = skipped + 1  # no nominal rate: the sender's own count
         self._last_valid_us = t
         size = fit_size(layout.width, layout.height, self.config.max_image_side)
         self._bump("naive_image_tokens", credit * estimate_image_tokens(*size))

@@ -86,7 +86,10 @@ def frame_from_proto(frame: vision_pb2.Frame) -> FrameInput:
         data=frame.data,
         strides=tuple(frame.strides),
     )
-    return FrameInput(frame.sequence, frame.timestamp_us, frame.speaking, raw)
+    return FrameInput(
+        frame.sequence, frame.timestamp_us, frame.speaking, raw,
+        unchanged_skipped=frame.unchanged_skipped,
+    )
 
 
 def decision_to_proto(d: FrameDecision, source_ref: str) -> vision_pb2.FrameDecision:

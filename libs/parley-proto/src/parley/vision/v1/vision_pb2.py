@@ -25,39 +25,39 @@ _sym_db = _symbol_database.Default()
 from parley.common.v1 import common_pb2 as parley_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dparley/vision/v1/vision.proto\x12\x10parley.vision.v1\x1a\x1dparley/common/v1/common.proto\"\xe4\x02\n\x0eVisionSettings\x12\x19\n\x0cspeaking_fps\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08idle_fps\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x1e\n\x11hamming_threshold\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12#\n\x16tile_hamming_threshold\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x1c\n\x0fmax_staleness_s\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x19\n\x0cjpeg_quality\x18\x06 \x01(\x05H\x05\x88\x01\x01\x12\x1b\n\x0emax_image_side\x18\x07 \x01(\x05H\x06\x88\x01\x01\x42\x0f\n\r_speaking_fpsB\x0b\n\t_idle_fpsB\x14\n\x12_hamming_thresholdB\x19\n\x17_tile_hamming_thresholdB\x12\n\x10_max_staleness_sB\x0f\n\r_jpeg_qualityB\x11\n\x0f_max_image_side\"\xc3\x01\n\x0cStreamConfig\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x10\n\x08track_id\x18\x03 \x01(\t\x12-\n\x06source\x18\x04 \x01(\x0e\x32\x1d.parley.common.v1.TrackSource\x12\x12\n\nsource_fps\x18\x05 \x01(\x01\x12\x32\n\x08settings\x18\x06 \x01(\x0b\x32 .parley.vision.v1.VisionSettings\"\xae\x01\n\x05\x46rame\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x14\n\x0ctimestamp_us\x18\x02 \x01(\x03\x12-\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1d.parley.vision.v1.FrameFormat\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12\x0f\n\x07strides\x18\x06 \x03(\x05\x12\x0c\n\x04\x64\x61ta\x18\x07 \x01(\x0c\x12\x10\n\x08speaking\x18\x08 \x01(\x08\"}\n\x14ProcessFramesRequest\x12\x30\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1e.parley.vision.v1.StreamConfigH\x00\x12(\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x17.parley.vision.v1.FrameH\x00\x42\t\n\x07payload\"\x7f\n\tKeptFrame\x12&\n\x05image\x18\x01 \x01(\x0b\x32\x17.parley.common.v1.Image\x12\x11\n\tbyte_size\x18\x02 \x01(\x03\x12\x1e\n\x16\x65stimated_image_tokens\x18\x03 \x01(\x05\x12\x17\n\x0finterestingness\x18\x04 \x01(\x01\"\xfc\x01\n\rFrameDecision\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x14\n\x0ctimestamp_us\x18\x02 \x01(\x03\x12,\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0e\x32\x1a.parley.vision.v1.Decision\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x18\n\x10hamming_distance\x18\x05 \x01(\x05\x12\x15\n\rchanged_tiles\x18\x06 \x01(\x05\x12)\n\x04kept\x18\x07 \x01(\x0b\x32\x1b.parley.vision.v1.KeptFrame\x12\x12\n\nerror_code\x18\x08 \x01(\t\x12\x15\n\rerror_message\x18\t \x01(\t\"\xed\x01\n\nFrameStats\x12\x13\n\x0b\x66rames_seen\x18\x01 \x01(\x03\x12\x14\n\x0c\x64ropped_rate\x18\x02 \x01(\x03\x12\x19\n\x11\x64ropped_duplicate\x18\x03 \x01(\x03\x12\x0c\n\x04kept\x18\x04 \x01(\x03\x12\x19\n\x11kept_stale_forced\x18\x05 \x01(\x03\x12\x10\n\x08rejected\x18\x06 \x01(\x03\x12\x12\n\nbytes_sent\x18\x07 \x01(\x03\x12\x19\n\x11image_tokens_sent\x18\x08 \x01(\x03\x12\x1a\n\x12naive_image_tokens\x18\t \x01(\x03\x12\x13\n\x0bnaive_bytes\x18\n \x01(\x03\"`\n\x0bStreamStats\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08track_id\x18\x02 \x01(\t\x12+\n\x05stats\x18\x03 \x01(\x0b\x32\x1c.parley.vision.v1.FrameStats\"\x87\x01\n\x15ProcessFramesResponse\x12\x33\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x1f.parley.vision.v1.FrameDecisionH\x00\x12.\n\x05stats\x18\x02 \x01(\x0b\x32\x1d.parley.vision.v1.StreamStatsH\x00\x42\t\n\x07payload\"\x17\n\x15GetTenantStatsRequest\"]\n\x16GetTenantStatsResponse\x12+\n\x05stats\x18\x01 \x01(\x0b\x32\x1c.parley.vision.v1.FrameStats\x12\x16\n\x0e\x61\x63tive_streams\x18\x02 \x01(\x05*\xb6\x01\n\x0b\x46rameFormat\x12\x1c\n\x18\x46RAME_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46RAME_FORMAT_I420\x10\x01\x12\x15\n\x11\x46RAME_FORMAT_RGBA\x10\x02\x12\x16\n\x12\x46RAME_FORMAT_RGB24\x10\x03\x12\x15\n\x11\x46RAME_FORMAT_JPEG\x10\x04\x12\x15\n\x11\x46RAME_FORMAT_BGRA\x10\x05\x12\x15\n\x11\x46RAME_FORMAT_NV12\x10\x06*\xa3\x01\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x11\n\rDECISION_KEEP\x10\x01\x12\x16\n\x12\x44\x45\x43ISION_DROP_RATE\x10\x02\x12\x1b\n\x17\x44\x45\x43ISION_DROP_DUPLICATE\x10\x03\x12\x1e\n\x1a\x44\x45\x43ISION_KEEP_STALE_FORCED\x10\x04\x12\x15\n\x11\x44\x45\x43ISION_REJECTED\x10\x05\x32\xda\x01\n\rVisionService\x12\x64\n\rProcessFrames\x12&.parley.vision.v1.ProcessFramesRequest\x1a\'.parley.vision.v1.ProcessFramesResponse(\x01\x30\x01\x12\x63\n\x0eGetTenantStats\x12\'.parley.vision.v1.GetTenantStatsRequest\x1a(.parley.vision.v1.GetTenantStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dparley/vision/v1/vision.proto\x12\x10parley.vision.v1\x1a\x1dparley/common/v1/common.proto\"\xe4\x02\n\x0eVisionSettings\x12\x19\n\x0cspeaking_fps\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08idle_fps\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x1e\n\x11hamming_threshold\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12#\n\x16tile_hamming_threshold\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x1c\n\x0fmax_staleness_s\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x19\n\x0cjpeg_quality\x18\x06 \x01(\x05H\x05\x88\x01\x01\x12\x1b\n\x0emax_image_side\x18\x07 \x01(\x05H\x06\x88\x01\x01\x42\x0f\n\r_speaking_fpsB\x0b\n\t_idle_fpsB\x14\n\x12_hamming_thresholdB\x19\n\x17_tile_hamming_thresholdB\x12\n\x10_max_staleness_sB\x0f\n\r_jpeg_qualityB\x11\n\x0f_max_image_side\"\xc3\x01\n\x0cStreamConfig\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x16\n\x0eparticipant_id\x18\x02 \x01(\t\x12\x10\n\x08track_id\x18\x03 \x01(\t\x12-\n\x06source\x18\x04 \x01(\x0e\x32\x1d.parley.common.v1.TrackSource\x12\x12\n\nsource_fps\x18\x05 \x01(\x01\x12\x32\n\x08settings\x18\x06 \x01(\x0b\x32 .parley.vision.v1.VisionSettings\"\xc9\x01\n\x05\x46rame\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x14\n\x0ctimestamp_us\x18\x02 \x01(\x03\x12-\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1d.parley.vision.v1.FrameFormat\x12\r\n\x05width\x18\x04 \x01(\x05\x12\x0e\n\x06height\x18\x05 \x01(\x05\x12\x0f\n\x07strides\x18\x06 \x03(\x05\x12\x0c\n\x04\x64\x61ta\x18\x07 \x01(\x0c\x12\x10\n\x08speaking\x18\x08 \x01(\x08\x12\x19\n\x11unchanged_skipped\x18\t \x01(\r\"}\n\x14ProcessFramesRequest\x12\x30\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1e.parley.vision.v1.StreamConfigH\x00\x12(\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x17.parley.vision.v1.FrameH\x00\x42\t\n\x07payload\"\x7f\n\tKeptFrame\x12&\n\x05image\x18\x01 \x01(\x0b\x32\x17.parley.common.v1.Image\x12\x11\n\tbyte_size\x18\x02 \x01(\x03\x12\x1e\n\x16\x65stimated_image_tokens\x18\x03 \x01(\x05\x12\x17\n\x0finterestingness\x18\x04 \x01(\x01\"\xfc\x01\n\rFrameDecision\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x14\n\x0ctimestamp_us\x18\x02 \x01(\x03\x12,\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0e\x32\x1a.parley.vision.v1.Decision\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x18\n\x10hamming_distance\x18\x05 \x01(\x05\x12\x15\n\rchanged_tiles\x18\x06 \x01(\x05\x12)\n\x04kept\x18\x07 \x01(\x0b\x32\x1b.parley.vision.v1.KeptFrame\x12\x12\n\nerror_code\x18\x08 \x01(\t\x12\x15\n\rerror_message\x18\t \x01(\t\"\xed\x01\n\nFrameStats\x12\x13\n\x0b\x66rames_seen\x18\x01 \x01(\x03\x12\x14\n\x0c\x64ropped_rate\x18\x02 \x01(\x03\x12\x19\n\x11\x64ropped_duplicate\x18\x03 \x01(\x03\x12\x0c\n\x04kept\x18\x04 \x01(\x03\x12\x19\n\x11kept_stale_forced\x18\x05 \x01(\x03\x12\x10\n\x08rejected\x18\x06 \x01(\x03\x12\x12\n\nbytes_sent\x18\x07 \x01(\x03\x12\x19\n\x11image_tokens_sent\x18\x08 \x01(\x03\x12\x1a\n\x12naive_image_tokens\x18\t \x01(\x03\x12\x13\n\x0bnaive_bytes\x18\n \x01(\x03\"`\n\x0bStreamStats\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08track_id\x18\x02 \x01(\t\x12+\n\x05stats\x18\x03 \x01(\x0b\x32\x1c.parley.vision.v1.FrameStats\"\x87\x01\n\x15ProcessFramesResponse\x12\x33\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x1f.parley.vision.v1.FrameDecisionH\x00\x12.\n\x05stats\x18\x02 \x01(\x0b\x32\x1d.parley.vision.v1.StreamStatsH\x00\x42\t\n\x07payload\"\x17\n\x15GetTenantStatsRequest\"]\n\x16GetTenantStatsResponse\x12+\n\x05stats\x18\x01 \x01(\x0b\x32\x1c.parley.vision.v1.FrameStats\x12\x16\n\x0e\x61\x63tive_streams\x18\x02 \x01(\x05*\xb6\x01\n\x0b\x46rameFormat\x12\x1c\n\x18\x46RAME_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46RAME_FORMAT_I420\x10\x01\x12\x15\n\x11\x46RAME_FORMAT_RGBA\x10\x02\x12\x16\n\x12\x46RAME_FORMAT_RGB24\x10\x03\x12\x15\n\x11\x46RAME_FORMAT_JPEG\x10\x04\x12\x15\n\x11\x46RAME_FORMAT_BGRA\x10\x05\x12\x15\n\x11\x46RAME_FORMAT_NV12\x10\x06*\xa3\x01\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x11\n\rDECISION_KEEP\x10\x01\x12\x16\n\x12\x44\x45\x43ISION_DROP_RATE\x10\x02\x12\x1b\n\x17\x44\x45\x43ISION_DROP_DUPLICATE\x10\x03\x12\x1e\n\x1a\x44\x45\x43ISION_KEEP_STALE_FORCED\x10\x04\x12\x15\n\x11\x44\x45\x43ISION_REJECTED\x10\x05\x32\xda\x01\n\rVisionService\x12\x64\n\rProcessFrames\x12&.parley.vision.v1.ProcessFramesRequest\x1a\'.parley.vision.v1.ProcessFramesResponse(\x01\x30\x01\x12\x63\n\x0eGetTenantStats\x12\'.parley.vision.v1.GetTenantStatsRequest\x1a(.parley.vision.v1.GetTenantStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.vision.v1.vision_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FRAMEFORMAT']._serialized_start=1924
-  _globals['_FRAMEFORMAT']._serialized_end=2106
-  _globals['_DECISION']._serialized_start=2109
-  _globals['_DECISION']._serialized_end=2272
+  _globals['_FRAMEFORMAT']._serialized_start=1951
+  _globals['_FRAMEFORMAT']._serialized_end=2133
+  _globals['_DECISION']._serialized_start=2136
+  _globals['_DECISION']._serialized_end=2299
   _globals['_VISIONSETTINGS']._serialized_start=83
   _globals['_VISIONSETTINGS']._serialized_end=439
   _globals['_STREAMCONFIG']._serialized_start=442
   _globals['_STREAMCONFIG']._serialized_end=637
   _globals['_FRAME']._serialized_start=640
-  _globals['_FRAME']._serialized_end=814
-  _globals['_PROCESSFRAMESREQUEST']._serialized_start=816
-  _globals['_PROCESSFRAMESREQUEST']._serialized_end=941
-  _globals['_KEPTFRAME']._serialized_start=943
-  _globals['_KEPTFRAME']._serialized_end=1070
-  _globals['_FRAMEDECISION']._serialized_start=1073
-  _globals['_FRAMEDECISION']._serialized_end=1325
-  _globals['_FRAMESTATS']._serialized_start=1328
-  _globals['_FRAMESTATS']._serialized_end=1565
-  _globals['_STREAMSTATS']._serialized_start=1567
-  _globals['_STREAMSTATS']._serialized_end=1663
-  _globals['_PROCESSFRAMESRESPONSE']._serialized_start=1666
-  _globals['_PROCESSFRAMESRESPONSE']._serialized_end=1801
-  _globals['_GETTENANTSTATSREQUEST']._serialized_start=1803
-  _globals['_GETTENANTSTATSREQUEST']._serialized_end=1826
-  _globals['_GETTENANTSTATSRESPONSE']._serialized_start=1828
-  _globals['_GETTENANTSTATSRESPONSE']._serialized_end=1921
-  _globals['_VISIONSERVICE']._serialized_start=2275
-  _globals['_VISIONSERVICE']._serialized_end=2493
+  _globals['_FRAME']._serialized_end=841
+  _globals['_PROCESSFRAMESREQUEST']._serialized_start=843
+  _globals['_PROCESSFRAMESREQUEST']._serialized_end=968
+  _globals['_KEPTFRAME']._serialized_start=970
+  _globals['_KEPTFRAME']._serialized_end=1097
+  _globals['_FRAMEDECISION']._serialized_start=1100
+  _globals['_FRAMEDECISION']._serialized_end=1352
+  _globals['_FRAMESTATS']._serialized_start=1355
+  _globals['_FRAMESTATS']._serialized_end=1592
+  _globals['_STREAMSTATS']._serialized_start=1594
+  _globals['_STREAMSTATS']._serialized_end=1690
+  _globals['_PROCESSFRAMESRESPONSE']._serialized_start=1693
+  _globals['_PROCESSFRAMESRESPONSE']._serialized_end=1828
+  _globals['_GETTENANTSTATSREQUEST']._serialized_start=1830
+  _globals['_GETTENANTSTATSREQUEST']._serialized_end=1853
+  _globals['_GETTENANTSTATSRESPONSE']._serialized_start=1855
+  _globals['_GETTENANTSTATSRESPONSE']._serialized_end=1948
+  _globals['_VISIONSERVICE']._serialized_start=2302
+  _globals['_VISIONSERVICE']._serialized_end=2520
 # @@protoc_insertion_point(module_scope)

@@ -75,7 +75,7 @@ class StreamConfig(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., participant_id: _Optional[str] = ..., track_id: _Optional[str] = ..., source: _Optional[_Union[_common_pb2.TrackSource, str]] = ..., source_fps: _Optional[float] = ..., settings: _Optional[_Union[VisionSettings, _Mapping]] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("sequence", "timestamp_us", "format", "width", "height", "strides", "data", "speaking")
+    __slots__ = ("sequence", "timestamp_us", "format", "width", "height", "strides", "data", "speaking", "unchanged_skipped")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_US_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +84,7 @@ class Frame(_message.Message):
     STRIDES_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     SPEAKING_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_SKIPPED_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     timestamp_us: int
     format: FrameFormat
@@ -92,7 +93,8 @@ class Frame(_message.Message):
     strides: _containers.RepeatedScalarFieldContainer[int]
     data: bytes
     speaking: bool
-    def __init__(self, sequence: _Optional[int] = ..., timestamp_us: _Optional[int] = ..., format: _Optional[_Union[FrameFormat, str]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., strides: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., speaking: _Optional[bool] = ...) -> None: ...
+    unchanged_skipped: int
+    def __init__(self, sequence: _Optional[int] = ..., timestamp_us: _Optional[int] = ..., format: _Optional[_Union[FrameFormat, str]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., strides: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., speaking: _Optional[bool] = ..., unchanged_skipped: _Optional[int] = ...) -> None: ...
 
 class ProcessFramesRequest(_message.Message):
     __slots__ = ("config", "frame")
