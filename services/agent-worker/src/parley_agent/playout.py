@@ -1,11 +1,12 @@
 """The agent's voice on its way to the room: the frame size it is handed to LiveKit in.
 
 livekit-agents' room output re-chunks the TTS audio into 50 ms frames and hands each to its
-``rtc.AudioSource`` with one FFI round trip (~0.55 ms of CPU each, measured): 11 ms of CPU per
-second of speech, and a reply is 5-10 s of it. With 100 ms frames it is half as many. The
-source's 200 ms queue, the playout clock, interruption (the queue is cleared) and the
-first-audio latency do not change: a reply's first frame still goes out as soon as it is
-complete, and a shorter tail is flushed before the source runs dry, as before.
+``rtc.AudioSource`` with one FFI round trip, ~0.8 ms of CPU each (micro-benchmark, one
+process: 21 ms of CPU per second of speech at 50 ms frames, 12-14 at 100 ms, ~5 of either
+being the source's own 10 ms pump); a reply is several seconds of speech. Frames of 100 ms
+halve the round trips. The source's 200 ms queue, the playout clock, interruption (the queue
+is cleared) and the first-audio latency do not change: a reply's first frame still goes out as
+soon as it is complete, and a shorter tail is flushed before the source runs dry, as before.
 
 The frame size is an attribute of livekit-agents' private room output (``_audio_bstream``, an
 ``AudioByteStream`` built with ``sample_rate // 20``), with no option for it. It is replaced
