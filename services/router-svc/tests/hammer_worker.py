@@ -2,8 +2,9 @@
 
 Usage: hammer_worker.py REDIS_URL TENANT REQUESTS CONCURRENCY RPM TPM TOKENS [TRANSPORT]
 (TRANSPORT: "redis-py", the default, or "pipelined").
-Prints "ready" once connected, waits for a line on stdin (the start signal), then prints one
-JSON line: {"admitted": n, "denied": n, "first": t, "last": t}.
+Prints "ready" once connected, waits for a line on stdin (the start signal: "go" and, optionally,
+the wall-clock time to start at, so that every replica starts within a millisecond of the
+others), then prints one JSON line: {"admitted": n, "denied": n, "first": t, "last": t}.
 """
 
 from __future__ import annotations
@@ -49,7 +50,10 @@ async def main() -> None:
     # Warm the pool so the race starts on open connections.
     await asyncio.gather(*(client.ping() for _ in range(concurrency)))
     print("ready", flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    signal = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    parts = signal.split()
+    if len(parts) > 1:
+        await asyncio.sleep(max(0.0, float(parts[1]) - time.time()))
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     await client.aclose()
     await buckets.aclose()

@@ -58,9 +58,12 @@ def hammer(redis_url: str, tenant: str, *, procs: int, requests: int, rpm: float
             assert child.stdout is not None
             line = child.stdout.readline()
             assert line.strip() == "ready", line + (child.stderr.read() if child.stderr else "")
+        # One start time for all: a start signal written to each in turn let a replica finish
+        # its whole burst (pipelined, tens of ms) before the last one had begun.
+        start_at = time.time() + 0.3
         for child in children:
             assert child.stdin is not None
-            child.stdin.write("go\n")
+            child.stdin.write(f"go {start_at}\n")
             child.stdin.flush()
         results = []
         for child in children:
