@@ -30,15 +30,17 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 from livekit.agents import llm
 from parley_agent.latency import TurnLatencyTracker
 from parley_agent.router_llm import RouterLLM, RouterLLMOptions
 from parley_agent.runner import WorkerProcess
-from parley_agent.sim import SimulatedUser, create_room
+from parley_agent.sim import SimulatedUser, create_room, wav_speech
 from parley_devstack.livekit import DEV_KEY, DEV_SECRET, livekit_command
 from parley_devstack.procs import free_port, stop_pid, wait_port
 from parley_runtime.client import make_channel
@@ -153,6 +155,7 @@ async def run_session(
     url: str, index: int, turns: int, fps: float, width: int, height: int,
     results: list[dict[str, Any]], ready: asyncio.Barrier, go: asyncio.Barrier,
     done: asyncio.Barrier, mic_noise_dbfs: float | None = None,
+    utterances: Sequence[tuple[np.ndarray, int]] = (),
 ) -> None:
     room = f"bench-{index}-{uuid.uuid4().hex[:6]}"
     await create_room(url, DEV_KEY, DEV_SECRET, room=room,
@@ -174,15 +177,21 @@ async def run_session(
         for t in range(turns):
             user.show_slide(t)
             before = len(user.turn_events)
-            await user.say(QUESTIONS[(index + t) % len(QUESTIONS)])
+            if utterances:
+                pcm, rate = utterances[(index + t) % len(utterances)]
+                speech_end = await user.play_pcm(pcm, rate)
+            else:
+                speech_end = await user.say(QUESTIONS[(index + t) % len(QUESTIONS)])
             try:
                 ev = await user.wait_for_turn(role="assistant", after=before, timeout=60,
                                               predicate=lambda e: "platform_ms" in e)
                 answered += 1
-                results.append(ev)
             except TimeoutError:
-                pass
+                ev = None
             await asyncio.sleep(1.0)
+            if ev is not None:
+                heard = user.agent_voice_after(speech_end)
+                results.append({**ev, "voice_ms": None if heard is None else heard * 1000})
         results.append({"session_done": room, "answered": answered,
                         "agent_voiced_s": user.agent_voiced_s - voiced_before})
         await done.wait()  # stay in the room until the harness has read the CPU counters
@@ -263,9 +272,10 @@ async def main(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]
                     peak_rss, peak_jobs = rss, jobs
 
         mem_task = asyncio.create_task(sample_memory())
+        utterances = [wav_speech(path) for path in args.utterance_wav]
         sessions = asyncio.gather(*[
             run_session(url, i, args.turns, args.fps, args.width, args.height, results,
-                        ready, go, done, args.mic_noise_dbfs)
+                        ready, go, done, args.mic_noise_dbfs, utterances)
             for i in range(args.sessions)
         ])
         try:
@@ -295,6 +305,9 @@ async def main(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]
         # the turn cost pays for
         voiced = sum(r["agent_voiced_s"] for r in results if "session_done" in r)
         platform = [r["platform_ms"] for r in turns]
+        # the participant's own clock: the end of its speech (handed to its audio source, at
+        # most 50 ms ahead of the wire) to the first of the agent's speech it hears
+        voice = [r["voice_ms"] for r in turns if r.get("voice_ms") is not None]
         first = [r["first_token_ms"] for r in turns]
         model = [r["model_ttft_ms"] for r in turns]
         pre_rpc = [r["pre_rpc_ms"] for r in turns]
@@ -344,6 +357,9 @@ async def main(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]
             "platform_pre_rpc_p95_ms": round(pct(pre_rpc, 0.95), 2),
             "platform_rpc_p50_ms": round(pct(rpc, 0.5), 2),
             "platform_rpc_p95_ms": round(pct(rpc, 0.95), 2),
+            "voice_to_voice_p50_ms": round(pct(voice, 0.5), 1),
+            "voice_to_voice_p95_ms": round(pct(voice, 0.95), 1),
+            "voice_to_voice_turns": len(voice),
             "baseline_direct_platform_p50_ms": round(pct(floor, 0.5), 2),
             "baseline_direct_platform_p95_ms": round(pct(floor, 0.95), 2),
             "wall_s": round(wall, 1),
@@ -399,6 +415,9 @@ def print_table(m: dict[str, Any]) -> None:
         ("  of which gRPC + router p50 / p95", ms("platform_rpc_p50_ms", "platform_rpc_p95_ms")),
         ("baseline: direct RouterLLM call, platform p50 / p95",
          ms("baseline_direct_platform_p50_ms", "baseline_direct_platform_p95_ms")),
+        ("user stops speaking -> agent heard p50 / p95",
+         ms("voice_to_voice_p50_ms", "voice_to_voice_p95_ms")
+         + f" ({m['voice_to_voice_turns']} turns; endpointing, STT, model, TTS, playout)"),
         ("vision frames sent / kept", f"{m['vision_frames_sent']} / {m['vision_frames_kept']}"),
     ]
     width = max(len(r[0]) for r in rows)
@@ -424,6 +443,9 @@ if __name__ == "__main__":
     parser.add_argument("--mic-noise-dbfs", type=float, default=None,
                         help="room noise on each participant's microphone (RMS dBFS, e.g. -50) "
                              "instead of digital silence between utterances")
+    parser.add_argument("--utterance-wav", action="append", default=[], metavar="WAV",
+                        help="a recorded question (16-bit mono WAV) the participants say instead "
+                             "of espeak-ng's; repeat for several, used in turn")
     parser.add_argument("--turn-every-s", type=float, default=15.0,
                         help="conversational pace assumed for the sessions-per-core projection")
     ns = parser.parse_args()

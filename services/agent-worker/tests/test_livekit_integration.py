@@ -121,7 +121,7 @@ async def test_voice_screen_share_and_chat_session(stack: Stack) -> None:
         )
 
         # 1. speech: Whisper hears the words, the router answers, the agent speaks
-        await user.say("Tell me about the laptop policy for new hires.")
+        speech_end = await user.say("Tell me about the laptop policy for new hires.")
         said = await user.wait_for_turn(role="user", timeout=60)
         squashed = said["text"].lower().replace(" ", "")
         assert "laptop" in squashed and "policy" in squashed, said["text"]
@@ -129,8 +129,11 @@ async def test_voice_screen_share_and_chat_session(stack: Stack) -> None:
         answer = await user.wait_for_turn(role="assistant", timeout=60,
                                           predicate=lambda e: "laptop" in e["text"].lower())
         assert answer["tier"] == "premium" and answer["platform_ms"] >= 0
-        # the answer was spoken on the agent's audio track
+        # the answer was spoken on the agent's audio track, after the user's turn had ended
+        # (at least the endpointing silence) and within seconds of it
         assert user.agent_voiced_s > voiced_before + 0.5
+        heard = user.agent_voice_after(speech_end)
+        assert heard is not None and 0.4 < heard < 15, heard
 
         # 2. a typed chat question answered from the tenant's knowledge base
         before = len(user.turn_events)

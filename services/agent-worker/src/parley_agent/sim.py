@@ -17,11 +17,14 @@ records what the agents send back: their audio track, `lk.transcription` text, a
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import time
+import wave
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,6 +119,20 @@ def espeak_pcm(text: str, *, voice: str = "en-us", rate_wpm: int = 160) -> tuple
     return pcm, sample_rate
 
 
+def wav_speech(path: str | os.PathLike[str], *, floor: int = 500) -> tuple[np.ndarray, int]:
+    """A recorded utterance (16-bit mono WAV) as int16 PCM and its sample rate, with the quiet
+    after its last sample above `floor` cut off: the caller adds the silence it wants."""
+    with wave.open(os.fspath(path)) as w:
+        if w.getnchannels() != 1 or w.getsampwidth() != 2:
+            raise ValueError(f"{path}: a 16-bit mono WAV is needed")
+        rate = w.getframerate()
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+    loud = np.nonzero(np.abs(pcm.astype(np.int32)) > floor)[0]
+    if len(loud) == 0:
+        raise ValueError(f"{path}: no sample above {floor} (is it silent?)")
+    return pcm[: loud[-1] + 1].copy(), rate
+
+
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     for path in (
         "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
@@ -164,6 +181,16 @@ class AgentReply:
     text: str
 
 
+# A voiced frame this long after the previous one starts a new utterance of the agent.
+VOICE_GAP_S = 0.7
+
+
+def first_onset_after(onsets: list[float], t: float) -> float | None:
+    """Seconds from `t` to the first of the (sorted) `onsets` at or after it."""
+    i = bisect.bisect_left(onsets, t)
+    return onsets[i] - t if i < len(onsets) else None
+
+
 @dataclass
 class SimulatedUser:
     room: rtc.Room
@@ -174,6 +201,10 @@ class SimulatedUser:
     agent_audio_tracks: list[rtc.RemoteAudioTrack] = field(default_factory=list)
     # Seconds of agent audio received with speech-level energy (RMS > 100), all agents.
     agent_voiced_s: float = 0.0
+    # Monotonic times at which agent speech began to arrive: a voiced frame after at least
+    # VOICE_GAP_S without one (the pauses between a reply's sentences are shorter).
+    agent_voice_onsets: list[float] = field(default_factory=list)
+    _last_voiced_at: float | None = None
     # livekit remote-session (`lk.agent.session`) byte streams received
     session_streams: int = 0
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
@@ -334,8 +365,20 @@ class SimulatedUser:
                 pcm = np.frombuffer(ev.frame.data, dtype=np.int16).astype(np.float64)
                 if len(pcm) and float(np.sqrt((pcm**2).mean())) > 100:
                     self.agent_voiced_s += ev.frame.duration
+                    self._note_voiced(time.monotonic())
         finally:
             await stream.aclose()
+
+    def _note_voiced(self, now: float) -> None:
+        last = self._last_voiced_at
+        if last is None or now - last >= VOICE_GAP_S:
+            self.agent_voice_onsets.append(now)
+        self._last_voiced_at = now
+
+    def agent_voice_after(self, t: float) -> float | None:
+        """Seconds from `t` (monotonic, e.g. what `say` returned) to the first onset of agent
+        speech after it, or None if none has arrived."""
+        return first_onset_after(self.agent_voice_onsets, t)
 
     async def agent_audio_energy(self, track: rtc.RemoteAudioTrack, seconds: float) -> float:
         """RMS of the agent's audio over `seconds` (0 means silence)."""
