@@ -1,13 +1,14 @@
 """What the offline audio turn detector (eot-local) says at the end of an utterance.
 
-    .venv/bin/python bench/agent/eot_probe.py [--silence-ms 500 600 900] SOURCE...
+    .venv/bin/python bench/agent/eot_probe.py SOURCE... [--silence-ms 200 300 400 500]
 
 Each SOURCE is a 16-bit mono WAV file (a recording of your users, say) or a sentence, spoken
 with espeak-ng. The utterance is streamed to livekit's turn-detector-v1-mini in 100 ms frames,
 as the worker does, followed by silence; at each of the given silence lengths the model is
 asked for its end-of-turn probability. Below the "unlikely" threshold the session waits for
-`PARLEY_AGENT_MAX_ENDPOINTING_S` before answering; at or above it, for the minimum delay. The
-VAD reports the end of speech after 550 ms of silence, which is when the worker asks.
+`PARLEY_AGENT_MAX_ENDPOINTING_S` before answering; at or above it, for the minimum delay.
+livekit-agents asks once the VAD has counted 200 ms of silence (the VAD reports the end of
+speech at 550 ms), so the first silence lengths are the ones that decide.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 import numpy as np
 from livekit import rtc
 from livekit.agents import inference
-from parley_agent.sim import espeak_pcm, wav_speech
+from parley_agent.sim import espeak_pcm, resample_pcm, wav_speech
 
 RATE = 16000
 FRAME = RATE // 10  # 100 ms
@@ -27,13 +28,8 @@ FRAME = RATE // 10  # 100 ms
 
 def load(source: str) -> np.ndarray:
     """16 kHz int16 samples of a WAV file (trailing quiet cut off) or of espeak-ng speech."""
-    if source.lower().endswith(".wav"):
-        raw, rate = wav_speech(source)
-    else:
-        raw, rate = espeak_pcm(source)
-    pcm = raw.astype(np.float64)
-    n = int(len(pcm) * RATE / rate)
-    return np.interp(np.linspace(0, len(pcm) - 1, n), np.arange(len(pcm)), pcm).astype(np.int16)
+    pcm, rate = wav_speech(source) if source.lower().endswith(".wav") else espeak_pcm(source)
+    return resample_pcm(pcm, rate, RATE)
 
 
 def frames(pcm: np.ndarray) -> Iterator[rtc.AudioFrame]:
@@ -52,11 +48,12 @@ async def probe(
         for frame in frames(np.concatenate([np.zeros(RATE // 2, np.int16), pcm])):
             stream.push_audio(frame)
             await asyncio.sleep(0.1)
+        quiet = next(frames(np.zeros(FRAME, np.int16)))
         out: list[float] = []
         silence = 0
         for ask in sorted(asks_ms):
             while silence < ask:
-                stream.push_audio(next(frames(np.zeros(FRAME, np.int16))))
+                stream.push_audio(quiet)
                 silence += 100
                 await asyncio.sleep(0.1)
             event = await asyncio.wait_for(stream.predict(), 10)
@@ -82,6 +79,6 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sources", nargs="+")
-    parser.add_argument("--silence-ms", type=int, nargs="+", default=[500, 600, 900],
+    parser.add_argument("--silence-ms", type=int, nargs="+", default=[200, 300, 400, 500],
                         help="silence after the utterance at which to ask (multiples of 100)")
     asyncio.run(main(parser.parse_args()))

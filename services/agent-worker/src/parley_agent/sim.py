@@ -133,6 +133,13 @@ def wav_speech(path: str | os.PathLike[str], *, floor: int = 500) -> tuple[np.nd
     return pcm[: loud[-1] + 1].copy(), rate
 
 
+def resample_pcm(pcm: np.ndarray, rate: int, to_rate: int) -> np.ndarray:
+    """int16 `pcm` at `rate` linearly interpolated to `to_rate` (test speech, not hi-fi)."""
+    n = int(len(pcm) * to_rate / rate)
+    out: np.ndarray = np.interp(np.linspace(0, len(pcm) - 1, n), np.arange(len(pcm)), pcm)
+    return out.astype(np.int16)
+
+
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     for path in (
         "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
@@ -458,11 +465,7 @@ class SimulatedUser:
         self, pcm: np.ndarray, rate: int, *, trailing_silence_s: float = 1.2
     ) -> float:
         if rate != 48000:
-            n = int(len(pcm) * 48000 / rate)
-            pcm = np.interp(np.linspace(0, len(pcm) - 1, n), np.arange(len(pcm)), pcm).astype(
-                np.int16
-            )
-            rate = 48000
+            pcm, rate = resample_pcm(pcm, rate, 48000), 48000
         source = await self._ensure_mic(rate)
         step = rate // 100  # 10 ms frames
         audio = np.concatenate([pcm, np.zeros(int(rate * trailing_silence_s), dtype=np.int16)])
