@@ -32,6 +32,8 @@ class EchoRouter(router_pb2_grpc.RouterServiceServicer):
         text = request.messages[0].parts[0].text if request.messages else ""
         if text == "invalid":
             raise InvalidArgument("messages must not be 'invalid'")
+        if text.startswith("echo:"):
+            raise InvalidArgument(f"unknown thing {text!r}")
         if text == "limited":
             raise ResourceExhausted("slow down", retry_after_s=1.5)
         if text == "crash":
@@ -151,6 +153,15 @@ async def test_good_token_binds_tenant_and_caller(servers: Any) -> None:
             ),
             "unknown key id",
         ),
+        (
+            # agent-worker's key, claiming to be another caller
+            lambda: _md(jwt.encode(
+                {"iss": "kb-svc", "sub": "kb-svc", "aud": "parley", "tenant": "acme",
+                 "exp": int(time.time()) + 60},
+                TEST_KEYS["agent-worker"], algorithm="HS256", headers={"kid": "agent-worker"},
+            )),
+            "does not own its signing key",
+        ),
     ],
 )
 async def test_bad_tokens_are_unauthenticated(
@@ -257,3 +268,39 @@ async def test_health_and_reflection_need_no_token(servers: Any) -> None:
         await call.done_writing()
         names = {s.name for s in resp.list_services_response.service}
         assert "parley.router.v1.RouterService" in names
+
+
+def test_a_key_signs_only_for_its_owner() -> None:
+    from parley_runtime.auth import TokenSigner, TokenVerifier, key_owner
+
+    keys = {"router-svc": "r" * 40, "router-svc:2026-12": "n" * 40, "team-x": "t" * 40}
+    verifier = TokenVerifier(keys=keys, allowed_callers=["router-svc"])
+    # a rotated key of the same caller
+    rotated = TokenSigner(
+        service="router-svc", kid="router-svc:2026-12", secret=keys["router-svc:2026-12"]
+    )
+    assert verifier.verify(rotated.token(tenant="acme")).service == "router-svc"
+    assert key_owner("router-svc:2026-12") == "router-svc"
+    # team-x's key cannot mint a router-svc token, whether through the signer or by hand
+    with pytest.raises(ValueError, match="does not belong"):
+        TokenSigner(service="router-svc", kid="team-x", secret=keys["team-x"])
+    forged = jwt.encode({"iss": "router-svc", "aud": "parley", "exp": int(time.time()) + 60},
+                        keys["team-x"], algorithm="HS256", headers={"kid": "team-x"})
+    from parley_runtime.errors import Unauthenticated
+
+    with pytest.raises(Unauthenticated, match="does not own"):
+        verifier.verify(forged)
+
+
+async def test_a_message_echoing_a_long_value_is_cut_not_turned_into_a_metadata_error(
+    servers: Any,
+) -> None:
+    up, *_ = servers
+    for long_value in ("echo:" + "x" * 20000, "echo:" + "é" * 6000):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _raw_call(up.port, _md(_token("acme"), "acme"), text=long_value)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        details = err.value.details() or ""
+        assert details.startswith("unknown thing 'echo:")
+        assert details.endswith("(message truncated)")
+        assert len(details) <= 1000

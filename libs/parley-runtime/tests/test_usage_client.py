@@ -38,6 +38,7 @@ from parley_runtime.usage import (
     encode_frame,
     iter_frames,
     make_usage_recorder,
+    ship_orphaned_spools,
 )
 
 pytestmark = pytest.mark.unit
@@ -483,4 +484,40 @@ async def test_close_leaves_unsent_events_for_the_next_start(tmp_path: Path) -> 
         assert len(fake.keys("acme")) == 30
     finally:
         await again.close()
+        await host.stop(0)
+
+
+async def test_a_folder_no_process_will_take_again_is_shipped_by_the_supervisor(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    # Three processes at once (folders -0, -1, -2) while billing is down; then they end.
+    recs = [_recorder(tmp_path, port, close_timeout_s=0.1) for _ in range(3)]
+    for i, rec in enumerate(recs):
+        for n in range(5):
+            rec.record("acme", _event("acme", 100 * i + n))
+    for rec in recs:
+        await rec.close()
+    fake = FakeBilling()
+    host = await _start(fake, port)
+    # A later process takes the first folder only; a live one keeps its own.
+    later = _recorder(tmp_path, port)
+    try:
+        assert later.dir == recs[0].dir
+        assert await later.flush(10)
+        assert len(fake.keys("acme")) == 5
+        shipped = await ship_orphaned_spools(
+            "router-svc", signed_as("router-svc"), settings=_settings(tmp_path, port),
+            timeout_s=10,
+        )
+        assert shipped == 10
+        assert len(fake.keys("acme")) == 15
+        # the live process's folder was left alone and it still works
+        later.record("acme", _event("acme", 999))
+        assert await later.flush(10) and "acme:999" in fake.keys("acme")
+        # nothing left: a second pass ships nothing
+        assert await ship_orphaned_spools(
+            "router-svc", signed_as("router-svc"), settings=_settings(tmp_path, port)) == 0
+    finally:
+        await later.close()
         await host.stop(0)

@@ -140,3 +140,96 @@ async def test_action_without_secret_is_not_offered(receiver: Receiver) -> None:
             scope=ToolScope("acme", None, "s", "r"), http=http, environ={},
         )
         assert actions.tools() == []
+
+
+def test_malformed_timestamps_are_rejected_not_raised() -> None:
+    body = b'{"a":1}'
+    mac = signing.compute_mac(SECRET, int(time.time()), body)
+    for t in ("1" + "0" * 400, "-5", "+5", " 5", "5e3", "٣", ""):
+        assert not signing.verify(SECRET, f"t={t},v1={mac}", body)
+
+
+async def _serve(handler: Any) -> tuple[web.AppRunner, str]:
+    app = web.Application()
+    app.router.add_post("/hook", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}/hook"
+
+
+def _one_action(url: str, http: aiohttp.ClientSession, name: str = "create_task",
+                user_id: str | None = "user-7") -> TenantActions:
+    return TenantActions(
+        endpoints={name: ActionEndpoint(url=url, secret_env="S", timeout_s=2)},  # type: ignore[dict-item,arg-type]
+        scope=ToolScope("acme", user_id, "s", "r"), http=http, environ={"S": SECRET},
+    )
+
+
+async def test_a_response_sent_in_pieces_is_read_whole() -> None:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        await resp.write(b'{"name":"Ada",')
+        await asyncio.sleep(0.05)
+        await resp.write(b'"plan":"pro"}')
+        await resp.write_eof()
+        return resp
+
+    runner, url = await _serve(handle)
+    try:
+        async with aiohttp.ClientSession() as http:
+            out = await _one_action(url, http).call("create_task", {"title": "x"})
+    finally:
+        await runner.cleanup()
+    assert json.loads(out) == {"name": "Ada", "plan": "pro"}
+
+
+async def test_a_redirect_is_a_failed_action_and_is_not_followed() -> None:
+    followed: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(status=302, headers={"Location": "/elsewhere"})
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        followed.append(request.path)
+        return web.json_response({"status": "created"})
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    app.router.add_post("/elsewhere", elsewhere)
+    app.router.add_get("/elsewhere", elsewhere)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with aiohttp.ClientSession() as http:
+            tool = _one_action(f"http://127.0.0.1:{port}/hook", http).tools()[0]
+            with pytest.raises(llm.ToolError, match="HTTP 302.*redirect"):
+                await tool(raw_arguments={"title": "x"})
+    finally:
+        await runner.cleanup()
+    assert followed == []
+
+
+async def test_nan_arguments_are_refused_before_any_call(receiver: Receiver) -> None:
+    async with aiohttp.ClientSession() as http:
+        tool = next(t for t in actions_for(receiver, http, SECRET).tools()
+                    if t.info.name == "log_insight")
+        for bad in (float("nan"), float("inf"), [1, float("-inf")]):
+            with pytest.raises(llm.ToolError, match="NaN or Infinity"):
+                await tool(raw_arguments={"insight": "x", "score": bad})
+    assert receiver.received == [] and receiver.rejected == 0
+
+
+async def test_profile_action_is_not_offered_without_a_user(receiver: Receiver) -> None:
+    async with aiohttp.ClientSession() as http:
+        with_user = _one_action(f"{receiver.url}/fetch_user_profile", http, "fetch_user_profile")
+        anonymous = _one_action(f"{receiver.url}/fetch_user_profile", http, "fetch_user_profile",
+                                user_id=None)
+        assert [t.info.name for t in with_user.tools()] == ["fetch_user_profile"]
+        assert anonymous.tools() == []

@@ -119,3 +119,47 @@ def test_load_function_caps_sessions_exactly() -> None:
     assert load.compute(4, cpu=0.1) == pytest.approx(0.75)  # at the cap: unavailable
     assert load.compute(1, cpu=0.9) == pytest.approx(0.9)  # CPU-bound: unavailable
     assert 0.0 <= load.sample_cpu() <= 1.0
+
+
+def test_specialist_names_must_be_unique(tmp_path: Path) -> None:
+    path = tmp_path / "tenants.yaml"
+    path.write_text(
+        "tenants:\n  acme:\n    agent:\n      specialists:\n"
+        "        - {name: billing, description: a, instructions: b}\n"
+        "        - {name: billing, description: c, instructions: d}\n"
+    )
+    with pytest.raises(JobRefused) as info:
+        admit(TenantDirectory(path), '{"tenant_id": "acme"}', "")
+    assert info.value.reason == "invalid_tenant_config"
+    assert "repeated: billing" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("tenants: [acme]", "'tenants' must map tenant ids"),
+        ("- acme\n- globex", "must be a mapping with a 'tenants:' key"),
+        ("tenants:\n  acme: [1, 2]", "its settings must be a mapping"),
+        ("tenants:\n  123: {}", "must be a string"),
+        ("tenants:\n  acme: {agent: {x: 1}\n", "not valid YAML"),
+        ("plans: [free]\ntenants: {}", "'plans' must be a mapping"),
+    ],
+)
+def test_a_malformed_tenants_file_refuses_with_its_reason(
+    tmp_path: Path, text: str, fragment: str
+) -> None:
+    path = tmp_path / "tenants.yaml"
+    path.write_text(text)
+    with pytest.raises(JobRefused) as info:
+        admit(TenantDirectory(path), '{"tenant_id": "acme"}', "")
+    assert info.value.reason == "tenants_file_invalid"
+    assert fragment in info.value.message
+
+
+@pytest.mark.parametrize(
+    "dispatch", ["[" * 5000 + "]" * 5000, '{"tenant_id": "acme", "n": ' + "9" * 5000 + "}"]
+)
+def test_metadata_the_parser_cannot_hold_is_refused_cleanly(dispatch: str) -> None:
+    with pytest.raises(MetadataError) as info:
+        parse_job_identity(dispatch, "")
+    assert info.value.reason == "malformed_metadata"

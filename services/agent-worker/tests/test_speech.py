@@ -125,3 +125,23 @@ async def test_short_window_decoding_matches_faster_whisper(sentence: str) -> No
     silence = np.zeros(16000 * 2, dtype=np.float32)
     quiet, _ = _transcribe_short(model, silence, 1)
     assert len(quiet.split()) <= 3  # no hallucinated paragraph on silence
+
+
+async def test_an_unknown_espeak_voice_falls_back_to_the_default_voice() -> None:
+    from livekit.plugins import silero as _silero
+    from parley_agent.config import TenantAgentConfig, WorkerSettings
+    from parley_agent.espeak_tts import voice_available
+    from parley_agent.speech import build_speech
+
+    assert voice_available("en-gb+f3") is True and voice_available("") is True
+    assert voice_available("xx-no-such-voice") is False
+    assert voice_available("en-us", "no-such-espeak-binary") is None
+    settings = WorkerSettings()
+    vad_model = _silero.VAD.load()
+    for voice, expected in (("en-gb", "en-gb"), ("xx-no-such-voice", "en-us")):
+        agent = TenantAgentConfig.model_validate({"tts": {"voice": voice}})
+        stack = build_speech(agent, settings, vad_model=vad_model)
+        assert isinstance(stack.tts, EspeakTTS) and stack.tts._voice == expected
+    # and the fallback speaks
+    frames = await synth("Still speaking.", voice="en-us")
+    assert sum(f.duration for f in frames) > 0.3

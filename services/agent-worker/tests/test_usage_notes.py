@@ -46,9 +46,11 @@ async def test_meter_emits_deltas_with_idempotency_keys() -> None:
     second = meter.emit()
     await meter.aclose()
 
+    run = meter._run
     by_kind = {(e.WhichOneof("usage"), e.idempotency_key) for e in first + second}
-    assert ("stt", "sess-1:AJ_1:stt:1") in by_kind and ("stt", "sess-1:AJ_1:stt:2") in by_kind
-    assert ("tts", "sess-1:AJ_1:tts:1") in by_kind
+    assert ("stt", f"sess-1:AJ_1:{run}:stt:1") in by_kind
+    assert ("stt", f"sess-1:AJ_1:{run}:stt:2") in by_kind
+    assert ("tts", f"sess-1:AJ_1:{run}:tts:1") in by_kind
     stt = [e.stt for e in recorder_events(recorder) if e.HasField("stt")]
     assert [round(s.audio_seconds, 2) for s in stt] == [3.5, 1.5]
     assert stt[0].model_id == "local-stt"
@@ -62,6 +64,35 @@ async def test_meter_emits_deltas_with_idempotency_keys() -> None:
     assert all(t == "acme" for t, _ in recorder.events)
     assert all(e.session_id == "sess-1" and e.service == "agent-worker"
                for e in recorder_events(recorder))
+
+
+async def test_a_resumed_job_does_not_reuse_its_first_runs_keys() -> None:
+    """LiveKit re-dispatches a failed worker's job with the same job id to a new process."""
+    keys: list[str] = []
+    for _ in range(2):
+        recorder = NullUsageRecorder()
+        meter = SessionUsageMeter(
+            recorder=recorder, tenant_id="acme", session_id="sess-1", job_id="AJ_1",
+            models=MeteredModels("local-stt", "local", "espeak-ng", "local"),
+        )
+        meter.observe(usage(2.0, 50))
+        meter.emit()
+        await meter.aclose()
+        keys += [e.idempotency_key for e in recorder_events(recorder)]
+    assert len(keys) == len(set(keys)) >= 4
+
+
+async def test_keys_stay_within_billings_limit_for_the_longest_session_id() -> None:
+    recorder = NullUsageRecorder()
+    meter = SessionUsageMeter(
+        recorder=recorder, tenant_id="acme", session_id="s" * 128, job_id="AJ_" + "x" * 40,
+        models=MeteredModels("local-stt", "local", "espeak-ng", "local"), kind_prefix="notes-",
+    )
+    meter.observe(usage(2.0, 50))
+    meter.emit()
+    await meter.aclose()
+    keys = [e.idempotency_key for e in recorder_events(recorder)]
+    assert keys and all(len(k) <= 200 for k in keys) and len(keys) == len(set(keys))
 
 
 def recorder_events(recorder: NullUsageRecorder) -> list[Any]:
@@ -114,3 +145,112 @@ async def test_notetaker_summarises_every_n_turns_and_at_the_end(
     req = backends.router.requests[-1]
     assert req.hints.max_tier == router_pb2.TIER_SIMPLE
     assert "laptop policy" in req.messages[-1].parts[0].text
+
+
+async def test_the_worker_ships_spools_its_ended_job_processes_left(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from parley_agent.config import WorkerSettings
+    from parley_agent.testing import FakeBackends
+    from parley_agent.worker import ship_orphans_forever
+    from parley_runtime.testing import TEST_KEYS, free_port, signed_as
+    from parley_runtime.usage import DurableUsageRecorder, UsageClientSettings
+
+    monkeypatch.setenv("PARLEY_USAGE_SPOOL_DIR", str(tmp_path / "spool"))
+    # two job processes whose sessions ended while billing was down
+    dead = UsageClientSettings(billing_addr=f"127.0.0.1:{free_port()}", close_timeout_s=0.1)
+    for job in range(2):
+        rec = DurableUsageRecorder(service="agent-worker", signer=signed_as("agent-worker"),
+                                   settings=dead)
+        meter = SessionUsageMeter(
+            recorder=rec, tenant_id="acme", session_id="sess-1", job_id=f"AJ_{job}",
+            models=MeteredModels("local-stt", "local", "espeak-ng", "local"),
+        )
+        meter.observe(usage(2.0, 50))
+        meter.emit()
+        await rec.close()
+    fakes = await FakeBackends(services=("billing",)).start()
+    settings = WorkerSettings(billing_addr=fakes.addr("billing"), auth_keys=dict(TEST_KEYS),
+                              auth_kid="agent-worker", agent_orphan_spool_interval_s=0.05)
+    shipper = asyncio.create_task(ship_orphans_forever(settings))
+    try:
+        for _ in range(200):
+            if len(fakes.billing.events) >= 6:
+                break
+            await asyncio.sleep(0.05)
+        keys = list(fakes.billing.events)
+        assert len(keys) == 6, keys  # session, stt and tts of each job
+        assert {k.split(":")[1] for k in keys} == {"AJ_0", "AJ_1"}
+    finally:
+        shipper.cancel()
+        await asyncio.gather(shipper, return_exceptions=True)
+        await fakes.stop()
+
+
+class _Room:
+    """Records what the note-taker publishes; publishing after `disconnect()` goes nowhere, as
+    in livekit (it leaves the room before running the job's shutdown callbacks)."""
+
+    def __init__(self) -> None:
+        self.connected = True
+        self.delivered: list[dict[str, Any]] = []
+        self.local_participant = self
+
+    async def publish_data(self, data: bytes, **_: Any) -> None:
+        if not self.connected:
+            raise RuntimeError("not connected")
+        event = decode_event(data)
+        assert event is not None
+        self.delivered.append(event)
+
+    def on(self, *_: Any) -> None: ...
+
+    def off(self, *_: Any) -> None: ...
+
+
+async def test_the_final_summary_is_published_before_the_job_leaves_the_room(
+    backends: FakeBackends,
+) -> None:
+    from types import SimpleNamespace
+
+    from parley_agent.config import WorkerSettings
+    from parley_agent.metadata import JobIdentity
+    from parley_agent.session import Backends, NoteTakerRuntime
+    from parley_agent.tenancy import TenantDirectory
+    from parley_agent.worker import _RUNTIME_KEY, session_end
+    from parley_runtime.testing import signed_as
+
+    backends.router.responder = lambda req: text_events("- the user asked about laptops")
+    settings = WorkerSettings(router_addr=backends.addr("router"),
+                              vision_addr=backends.addr("vision"), kb_addr=backends.addr("kb"))
+    import pathlib
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "tenants.yaml"
+        path.write_text("tenants:\n  acme:\n    agent: {notetaker: {summary_every_turns: 10}}\n")
+        profile = TenantDirectory(path).profile("acme")
+    identity = JobIdentity(tenant_id="acme", user_id="u", session_id="sess-9", role="notetaker",
+                           extra={})
+    channels = Backends.connect(settings, signed_as("agent-worker"))
+    runtime = NoteTakerRuntime(
+        identity=identity, profile=profile, settings=settings, backends=channels,
+        recorder=NullUsageRecorder(), session_id="sess-9", job_id="AJ_9",
+    )
+    room = _Room()
+    notes = runtime.start(room)  # type: ignore[arg-type]
+    notes.on_turn_event({"type": "turn", "session_id": "sess-9", "seq": 1, "role": "user",
+                         "text": "What laptop do new hires get?"})
+    ctx = SimpleNamespace(proc=SimpleNamespace(userdata={_RUNTIME_KEY: runtime}))
+    # livekit's order: the session-end hook, then leave the room, then the shutdown callbacks
+    await session_end(ctx)  # type: ignore[arg-type]
+    room.connected = False
+    await runtime.aclose()
+    await channels.aclose()
+
+    summaries = [e for e in room.delivered if e["type"] == "summary"]
+    assert len(summaries) == 1 and summaries[0]["final"] is True
+    assert summaries[0]["summary"].startswith("- the user asked")
+    assert len(backends.router.requests) == 1, "one summary call, not a second after leaving"

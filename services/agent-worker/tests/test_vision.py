@@ -331,3 +331,90 @@ async def test_a_still_screen_reaches_vision_svc_once_a_second(backends: FakeBac
     assert len(sent) + sum(f.unchanged_skipped for f in sent) + s._unchanged.pending == 40
     assert s.stats.unchanged_skipped == 40 - len(sent)
     assert backends.vision.kept == 2
+
+
+async def test_send_rate_cap_holds_when_the_source_leaves_timestamps_at_zero(
+    backends: FakeBackends,
+) -> None:
+    channel = make_channel(backends.addr("vision"), signer=signed_as("agent-worker"))
+
+    async def paced() -> AsyncIterator[rtc.VideoFrameEvent]:
+        for i in range(30):  # ~1 s at 30 fps, every timestamp 0
+            yield rtc.VideoFrameEvent(i420(32, 32, i), 0, rtc.VideoRotation.VIDEO_ROTATION_0)
+            await asyncio.sleep(1 / 30)
+
+    s = streamer(channel, paced(), KeptFrameStore(), max_fps=5)
+    try:
+        await asyncio.wait_for(s.run(), 15)
+    finally:
+        await channel.close()
+    # the local clock paces them (a frame every 200 ms or more), not one frame for the stream
+    assert 3 <= len(backends.vision.frames) <= 10
+
+
+class _FakeVideoStream:
+    """Stands in for rtc.VideoStream: frames pushed by the test, ended by aclose()."""
+
+    opened: list[_FakeVideoStream] = []
+
+    def __init__(self, track: Any, **_: Any) -> None:
+        self.queue: asyncio.Queue[rtc.VideoFrameEvent | None] = asyncio.Queue()
+        _FakeVideoStream.opened.append(self)
+
+    def __aiter__(self) -> _FakeVideoStream:
+        return self
+
+    async def __anext__(self) -> rtc.VideoFrameEvent:
+        item = await self.queue.get()
+        if item is None:
+            raise StopAsyncIteration
+        return item
+
+    async def aclose(self) -> None:
+        self.queue.put_nowait(None)
+
+
+class _Room:
+    remote_participants: dict[str, Any] = {}
+
+    def on(self, *_: Any) -> None: ...
+
+    def off(self, *_: Any) -> None: ...
+
+
+async def test_a_track_subscribed_again_streams_again(
+    backends: FakeBackends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from parley_agent import vision as vision_mod
+
+    monkeypatch.setattr(vision_mod.rtc, "VideoStream", _FakeVideoStream)
+    _FakeVideoStream.opened.clear()
+    channel = make_channel(backends.addr("vision"), signer=signed_as("agent-worker"))
+    capture = vision_mod.VisionCapture(
+        room=_Room(), channel=channel, tenant_id="acme", session_id="s",  # type: ignore[arg-type]
+        store=KeptFrameStore(), speaking=lambda: False, overrides=VisionOverrides(),
+        max_send_fps=0, backoff_max_s=0.2,
+    )
+    track = SimpleNamespace(sid="TR_cam", kind=rtc.TrackKind.KIND_VIDEO)
+    pub = SimpleNamespace(source=rtc.TrackSource.SOURCE_CAMERA)
+    alice = SimpleNamespace(kind=rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD, identity="alice")
+    try:
+        for round_ in range(2):
+            capture._on_track_subscribed(track, pub, alice)  # type: ignore[arg-type]
+            assert len(_FakeVideoStream.opened) == round_ + 1, "a new stream for the track"
+            _FakeVideoStream.opened[-1].queue.put_nowait(
+                rtc.VideoFrameEvent(i420(32, 32, 50 + round_), 1_000 + round_,
+                                    rtc.VideoRotation.VIDEO_ROTATION_0))
+            for _ in range(100):
+                if len(backends.vision.frames) == round_ + 1:
+                    break
+                await asyncio.sleep(0.02)
+            assert len(backends.vision.frames) == round_ + 1
+            capture._on_track_unsubscribed(track, pub, alice)  # type: ignore[arg-type]
+            await asyncio.sleep(0.05)
+    finally:
+        await capture.aclose()
+        await channel.close()
+    assert [f.timestamp_us for f in backends.vision.frames] == [1_000, 1_001]

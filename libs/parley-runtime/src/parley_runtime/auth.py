@@ -2,6 +2,11 @@
 
 Each service signs with its own key id (`kid`); receivers hold a keyring of trusted keys, so a
 key can be rotated by adding the new one everywhere before switching the signer.
+
+A key belongs to one caller: the kid is the caller's name, optionally followed by `:` and a
+version for rotation (`router-svc`, `router-svc:2026-12`). A token's `iss` must be that owner,
+so a holder of one key cannot pass itself off as another caller to the allow-lists
+(`PARLEY_AUTH_ALLOWED_CALLERS`, kb's operator callers) by writing another name into `iss`.
 """
 
 from __future__ import annotations
@@ -15,6 +20,11 @@ from .errors import Unauthenticated
 
 ALGORITHM = "HS256"
 _LEEWAY_S = 5
+
+
+def key_owner(kid: str) -> str:
+    """The caller a key id belongs to: the kid up to an optional `:<version>`."""
+    return kid.split(":", 1)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +42,11 @@ class TokenSigner:
     def __init__(self, *, service: str, kid: str, secret: str, ttl_s: int = 300) -> None:
         if not secret:
             raise ValueError(f"no signing secret for kid {kid!r}")
+        if key_owner(kid) != service:
+            raise ValueError(
+                f"kid {kid!r} does not belong to {service!r}: a caller signs with its own key, "
+                f"named {service!r} or '{service}:<version>'"
+            )
         self._service = service
         self._kid = kid
         self._secret = secret
@@ -112,6 +127,12 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise Unauthenticated(f"invalid token: {exc}") from None
         service = str(claims["iss"])
+        assert isinstance(kid, str)
+        if service != key_owner(kid):
+            raise Unauthenticated(
+                f"token issuer {service!r} does not own its signing key {kid!r}: a caller signs "
+                "with its own key (kid '<caller>' or '<caller>:<version>')"
+            )
         if self._allowed and service not in self._allowed:
             raise Unauthenticated(f"caller {service!r} is not allowed to call this service")
         tenant = claims.get("tenant")

@@ -234,6 +234,19 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+# A status message travels in the `grpc-message` trailer, percent-encoded (a non-ASCII
+# character takes up to 12 bytes); past the peer's metadata limit (8-16 KiB) the caller gets
+# RESOURCE_EXHAUSTED "metadata size exceeds limit" instead of the status. A message that echoes
+# a caller's long value is cut well below that.
+MAX_STATUS_MESSAGE_CHARS = 1000
+
+
+def bounded_message(message: str) -> str:
+    if len(message) <= MAX_STATUS_MESSAGE_CHARS:
+        return message
+    return message[: MAX_STATUS_MESSAGE_CHARS - 25] + "... (message truncated)"
+
+
 async def _abort(
     context: grpc.aio.ServicerContext[Any, Any],
     code: grpc.StatusCode,
@@ -243,7 +256,7 @@ async def _abort(
     if trailers:
         context.set_trailing_metadata(trailers)
     # abort() raises AbortError, which grpc turns into the status.
-    await context.abort(code, message)
+    await context.abort(code, bounded_message(message))
 
 
 def _aborted_code(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
@@ -335,7 +348,7 @@ def _wrap_handler(handler: grpc.RpcMethodHandler, b: _Bound) -> grpc.RpcMethodHa
 
 def _rejecting_handler(handler: grpc.RpcMethodHandler, exc: ParleyError) -> grpc.RpcMethodHandler:
     async def reject(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort(exc.code, exc.message)
+        await context.abort(exc.code, bounded_message(exc.message))
 
     des, ser = handler.request_deserializer, handler.response_serializer
     if handler.unary_unary:

@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .auth import TokenSigner, TokenVerifier
+from .auth import TokenSigner, TokenVerifier, key_owner
 from .interceptors import ParleyServerInterceptor
 from .log import configure_logging
 from .metrics import start_metrics_server
@@ -53,6 +53,12 @@ def make_signer(settings: ServiceSettings) -> TokenSigner | None:
         raise SystemExit(
             f"no key for kid {settings.signing_kid!r} in PARLEY_AUTH_KEYS: this service cannot "
             "sign its calls; add it or set PARLEY_AUTH_KID"
+        )
+    if key_owner(settings.signing_kid) != settings.service_name:
+        raise SystemExit(
+            f"PARLEY_AUTH_KID {settings.signing_kid!r} is not a key of {settings.service_name!r}: "
+            f"name it {settings.service_name!r} or '{settings.service_name}:<version>' (receivers "
+            "only accept a token whose issuer owns its key)"
         )
     return TokenSigner(
         service=settings.service_name,

@@ -43,30 +43,68 @@ class TenantRegistry:
 
     @classmethod
     def from_file(cls, path: str | Path) -> TenantRegistry:
+        """The registry in the YAML file at `path`.
+
+        Raises:
+            OSError: the file cannot be read.
+            ValueError: it is not YAML, or not the shape `tenants: {<id>: {...}}`; the message
+                says where.
+        """
         with open(path, encoding="utf-8") as fh:
-            return cls.from_dict(yaml.safe_load(fh) or {})
+            try:
+                data = yaml.safe_load(fh)
+            except yaml.YAMLError as exc:
+                raise ValueError(f"{path} is not valid YAML: {exc}") from None
+        return cls.from_dict(data or {})
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TenantRegistry:
+    def from_dict(cls, data: Any) -> TenantRegistry:
+        if not isinstance(data, dict):
+            raise ValueError(
+                "tenant configuration must be a mapping with a 'tenants:' key, "
+                f"not a {type(data).__name__}"
+            )
+        entries = data.get("tenants") or {}
+        if not isinstance(entries, dict):
+            raise ValueError(
+                f"'tenants' must map tenant ids to their settings, not a {type(entries).__name__}"
+            )
+        plans = data.get("plans") or {}
+        if not isinstance(plans, dict):
+            raise ValueError(f"'plans' must be a mapping, not a {type(plans).__name__}")
         tenants: dict[str, TenantConfig] = {}
-        for tenant_id, raw in (data.get("tenants") or {}).items():
-            if not TENANT_ID_RE.match(str(tenant_id)):
+        for tenant_id, raw in entries.items():
+            if not isinstance(tenant_id, str):
+                raise ValueError(
+                    f"tenant id {tenant_id!r} must be a string (quote it in YAML: '{tenant_id}')"
+                )
+            if not TENANT_ID_RE.match(tenant_id):
                 raise ValueError(
                     f"tenant id {tenant_id!r} must match {TENANT_ID_RE.pattern} "
                     "(lower-case letters, digits, dashes)"
+                )
+            if raw is not None and not isinstance(raw, dict):
+                raise ValueError(
+                    f"tenant {tenant_id!r}: its settings must be a mapping, "
+                    f"not a {type(raw).__name__}"
                 )
             try:
                 tenants[tenant_id] = TenantConfig(tenant_id=tenant_id, **(raw or {}))
             except ValidationError as exc:
                 raise ValueError(f"tenant {tenant_id!r}: {exc}") from None
-        return cls(tenants, dict(data.get("plans") or {}))
+            except TypeError as exc:  # e.g. a non-string key among its settings
+                raise ValueError(f"tenant {tenant_id!r}: {exc}") from None
+        return cls(tenants, dict(plans))
 
     def get(self, tenant_id: str | None) -> TenantConfig:
         if not tenant_id:
             raise InvalidArgument("no tenant id")
         tenant = self._tenants.get(tenant_id)
         if tenant is None:
-            raise NotFound(f"unknown tenant {tenant_id!r}")
+            # A malformed id is unknown too (every service answers NOT_FOUND); a long one is not
+            # echoed whole.
+            shown = tenant_id if len(tenant_id) <= 64 else tenant_id[:64] + "..."
+            raise NotFound(f"unknown tenant {shown!r}")
         return tenant
 
     def __contains__(self, tenant_id: object) -> bool:

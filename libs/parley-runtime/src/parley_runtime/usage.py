@@ -377,24 +377,80 @@ class Spool:
                 pass
 
 
+_MAX_SLOTS = 256
+
+
+def _slot_prefix(service: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", service) or "service"
+
+
+def _try_lock(folder: Path) -> int | None:
+    """An exclusive lock on `folder` for this process, or None while a live process holds it."""
+    fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 def _lock_slot(base: Path, service: str) -> tuple[Path, int]:
     """A spool folder for this process: `<base>/<service>-<n>`, the first one no live process
     holds (a restarted process takes over its predecessor's folder)."""
     base.mkdir(parents=True, exist_ok=True)
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", service) or "service"
-    for n in range(256):
+    safe = _slot_prefix(service)
+    for n in range(_MAX_SLOTS):
         folder = base / f"{safe}-{n}"
         folder.mkdir(exist_ok=True)
-        fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        fd = _try_lock(folder)
+        if fd is not None:
+            return folder, fd
+    raise RuntimeError(f"no free usage spool folder under {base} ({_MAX_SLOTS} in use)")
+
+
+async def ship_orphaned_spools(
+    service: str,
+    signer: TokenSigner | None,
+    *,
+    settings: UsageClientSettings | None = None,
+    timeout_s: float = 30.0,
+) -> int:
+    """Ships the events that ended processes left in `<spool_dir>/<service>-<n>` folders no live
+    process holds; returns how many were acknowledged (or dead-lettered).
+
+    A process takes the lowest free folder, so a restarted one resumes its predecessor's events;
+    a service that runs many short-lived processes (the agent worker's job processes) can leave
+    a higher-numbered folder that no later process happens to take. Its supervisor calls this
+    now and then. A folder being shipped is locked, so a new process simply takes another one.
+    """
+    settings = settings or UsageClientSettings()
+    base = Path(settings.spool_dir)
+    if not settings.billing_addr or not base.is_dir():
+        return 0
+    pattern = re.compile(re.escape(_slot_prefix(service)) + r"-\d+")
+    shipped = 0
+    for folder in sorted(base.iterdir()):
+        if not (pattern.fullmatch(folder.name) and folder.is_dir()):
             continue
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        return folder, fd
-    raise RuntimeError(f"no free usage spool folder under {base} (256 in use)")
+        fd = _try_lock(folder)
+        if fd is None:
+            continue  # a live process's folder
+        recorder = DurableUsageRecorder(
+            service=service, signer=signer, settings=settings, slot=(folder, fd)
+        )
+        try:
+            pending = recorder.spool.pending[0]
+            if pending:
+                logger.info("usage spool: shipping a folder left by an ended process",
+                            extra={"spool": str(folder), "events": pending})
+                await recorder.flush(timeout_s)
+                shipped += recorder._consumed
+        finally:
+            await recorder.close()
+    return shipped
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,11 +466,13 @@ class DurableUsageRecorder:
         signer: TokenSigner | None,
         settings: UsageClientSettings,
         channel: grpc.aio.Channel | None = None,
+        slot: tuple[Path, int] | None = None,
     ) -> None:
         self.service = service
         self._signer = signer
         self._s = settings
-        self.dir, self._lock_fd = _lock_slot(Path(settings.spool_dir), service)
+        # `slot`: a folder already locked by the caller (ship_orphaned_spools), else our own
+        self.dir, self._lock_fd = slot or _lock_slot(Path(settings.spool_dir), service)
         self.spool = Spool(self.dir, segment_bytes=settings.segment_bytes)
         self._channel = channel
         self._own_channel = channel is None

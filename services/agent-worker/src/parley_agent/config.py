@@ -7,7 +7,15 @@ import re
 from typing import Literal
 
 from parley_runtime.settings import ServiceSettings
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, HttpUrl, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import SettingsConfigDict
 
 Role = Literal["assistant", "notetaker"]
@@ -151,6 +159,10 @@ class WorkerSettings(ServiceSettings):
     agent_usage_flush_timeout_s: float = Field(
         default=10.0, gt=0
     )
+    # The worker's main process ships, this often, the usage events that ended job processes
+    # left in spool folders no new job process happened to take (billing was down when their
+    # session ended). 0: never.
+    agent_orphan_spool_interval_s: float = Field(default=60.0, ge=0)
 
     # Cloud speech providers, used per tenant when their key is set.
     deepgram_api_key: str | None = Field(default=None, validation_alias="DEEPGRAM_API_KEY")
@@ -259,6 +271,17 @@ class TenantAgentConfig(_Strict):
     routing: RoutingPolicy = RoutingPolicy()
     notetaker: NoteTakerOptions = NoteTakerOptions()
     video_enabled: bool = True
+
+    @model_validator(mode="after")
+    def _specialists_unique(self) -> TenantAgentConfig:
+        # each becomes a `transfer_to_<name>` tool; two of one name would fail every session
+        names = [s.name for s in self.specialists]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"specialist names must be unique; repeated: {', '.join(dupes)}")
+        if "intake" in names:
+            raise ValueError("'intake' is the first agent's name; give the specialist another")
+        return self
 
 
 class VisionOverrides(BaseModel):

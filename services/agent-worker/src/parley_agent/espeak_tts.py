@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import shutil
 import struct
+import subprocess
 import uuid
 from typing import Any
 
@@ -34,6 +36,25 @@ def parse_wav_header(header: bytes) -> tuple[int, int, int]:
     if audio_format != 1 or bits != 16:
         raise ValueError("espeak-ng WAV is not 16-bit PCM")
     return sample_rate, channels, bits
+
+
+@functools.lru_cache(maxsize=64)
+def voice_available(voice: str, binary: str = "espeak-ng") -> bool | None:
+    """Whether espeak-ng knows `voice` (a voice with an optional `+variant`): None when that
+    cannot be told (no binary). espeak-ng refuses an unknown voice with no audio at all, so a
+    misspelt tenant voice would otherwise fail every reply of the session."""
+    path = shutil.which(binary)
+    if path is None:
+        return None
+    if not voice:
+        return True  # espeak-ng's default voice
+    try:
+        done = subprocess.run(
+            [path, "-q", "-v", voice, "x"], capture_output=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.returncode == 0
 
 
 class EspeakTTS(tts.TTS[Any]):

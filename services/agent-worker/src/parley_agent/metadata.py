@@ -52,6 +52,14 @@ def _parse_object(raw: str | None, source: str) -> dict[str, Any]:
         raise MetadataError(
             "malformed_metadata", f"{source} metadata is not valid JSON: {exc.msg}"
         ) from None
+    except (ValueError, RecursionError) as exc:
+        # valid JSON this parser will not hold: nesting past the recursion limit, or an
+        # integer past Python's digit limit
+        raise MetadataError(
+            "malformed_metadata",
+            f"{source} metadata cannot be read ({type(exc).__name__}: nesting or a number "
+            "too large)",
+        ) from None
     if not isinstance(value, dict):
         raise MetadataError("malformed_metadata", f"{source} metadata must be a JSON object")
     return value

@@ -43,6 +43,7 @@ class NoteTaker:
         self._user_turns = 0
         self._turns_at_last_summary = 0
         self._task: asyncio.Task[None] | None = None
+        self._finished = False
         self._lock = asyncio.Lock()
         self.summaries: list[str] = []
 
@@ -69,7 +70,7 @@ class NoteTaker:
                 self._schedule()
 
     def _schedule(self) -> None:
-        if self._task is not None and not self._task.done():
+        if self._finished or (self._task is not None and not self._task.done()):
             return
         self._task = asyncio.create_task(self._summarise_guarded(final=False), name="notes")
 
@@ -103,7 +104,11 @@ class NoteTaker:
             return summary
 
     async def aclose(self) -> None:
-        """Let a running summary finish (bounded), then write the final one if turns remain."""
+        """Let a running summary finish (bounded), then write the final one if turns remain.
+        Once: a second call does nothing."""
+        if self._finished:
+            return
+        self._finished = True
         task, self._task = self._task, None
         if task is not None:
             await asyncio.wait({task}, timeout=15)

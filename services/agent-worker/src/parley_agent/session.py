@@ -335,6 +335,13 @@ class AssistantRuntime:
         if self.turns is not None:
             self._spawn(self.turns.publish("turn", **fields), "publish-turn")
 
+    async def finish(self) -> None:
+        """While the room is still connected (livekit's session-end hook, before it leaves the
+        room): let the turn events still being published go out."""
+        tasks = list(self._tasks)
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+
     async def aclose(self) -> None:
         if self._closed:
             return
@@ -409,6 +416,12 @@ class NoteTakerRuntime:
         if event is not None and event.get("session_id") == self.session_id:
             self.notes.on_turn_event(event)
 
+    async def finish(self) -> None:
+        """While the room is still connected (livekit's session-end hook; it leaves the room
+        before the shutdown callbacks run): the final summary, published to the room."""
+        if self.notes is not None and not self._closed:
+            await self.notes.aclose()
+
     async def aclose(self) -> None:
         if self._closed:
             return
@@ -416,7 +429,7 @@ class NoteTakerRuntime:
         if self._room is not None:
             self._room.off("data_received", self._on_data)
         if self.notes is not None:
-            await self.notes.aclose()
+            await self.notes.aclose()  # nothing left to do when finish() ran
         await self.meter.aclose(flush_timeout_s=self.settings.agent_usage_flush_timeout_s)
         await self.router_llm.aclose()
 

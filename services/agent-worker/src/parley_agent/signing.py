@@ -2,7 +2,9 @@
 
 Header: `X-Parley-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>`.
 Receivers recompute the MAC over the raw body with their copy of the secret, compare in
-constant time and reject timestamps outside a tolerance window (replay protection).
+constant time and reject timestamps outside a tolerance window. The window bounds how long a
+captured request can be replayed; within it a receiver that must not act twice de-duplicates
+on the body's `request_id` (also sent as the `Idempotency-Key` header).
 """
 
 from __future__ import annotations
@@ -42,10 +44,11 @@ def verify(
         key, sep, value = item.strip().partition("=")
         if sep:
             fields.setdefault(key, []).append(value)
-    try:
-        ts = int(fields["t"][0])
-    except (KeyError, ValueError, IndexError):
+    raw_ts = fields.get("t", [""])[0]
+    # unix seconds: a bounded run of digits (a long one would only overflow the clock maths)
+    if not (raw_ts.isascii() and raw_ts.isdigit() and len(raw_ts) <= 12):
         return False
+    ts = int(raw_ts)
     current = time.time() if now is None else now
     if abs(current - ts) > tolerance_s:
         return False

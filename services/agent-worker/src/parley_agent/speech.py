@@ -14,6 +14,11 @@ from .log import logger
 from .utterances import SessionVAD, UtteranceSTT
 
 
+def voice_problem(voice: str, binary: str) -> bool:
+    """True when espeak-ng is known to refuse `voice` (unknown when it is not installed)."""
+    return espeak_tts.voice_available(voice, binary) is False
+
+
 @dataclass(frozen=True, slots=True)
 class SpeechStack:
     stt: stt.STT[Any]
@@ -67,6 +72,13 @@ def build_speech(
                 "tenant asks for ElevenLabs TTS but ELEVEN_API_KEY is not set: using espeak-ng"
             )
         voice = tts_choice.voice if tts_choice.provider == "espeak" else "en-us"
+        if voice_problem(voice, settings.espeak_binary):
+            logger.warning(
+                "tenant's tts.voice is not an espeak-ng voice (`espeak-ng --voices` lists "
+                "them): speaking with en-us",
+                extra={"voice": voice[:64]},
+            )
+            voice = "en-us"
         text_to_speech = espeak_tts.EspeakTTS(
             voice=voice, rate_wpm=tts_choice.rate_wpm, binary=settings.espeak_binary
         )

@@ -180,6 +180,24 @@ class ActionError(Exception):
     pass
 
 
+def _json_body(payload: dict[str, object]) -> bytes:
+    """The exact bytes that are signed and sent: compact, sorted keys, strict JSON (ValueError
+    on NaN or Infinity)."""
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
+
+
+async def _read_capped(content: aiohttp.StreamReader, cap: int) -> bytes:
+    """The response body up to `cap` bytes. `StreamReader.read(n)` returns whatever has arrived
+    (one chunk), not n bytes, so a body sent in pieces is read until its end or the cap."""
+    buf = bytearray()
+    while len(buf) < cap:
+        chunk = await content.read(cap - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)
+
+
 class TenantActions:
     """Signed HTTP calls to the tenant's endpoints; one aiohttp session per agent session."""
 
@@ -196,6 +214,10 @@ class TenantActions:
         env = os.environ if environ is None else environ
         self._endpoints: dict[str, tuple[ActionEndpoint, str]] = {}
         for name, endpoint in endpoints.items():
+            if name == "fetch_user_profile" and scope.user_id is None:
+                # no user in the job's metadata: there is no profile to fetch
+                logger.info("action disabled: the session has no user_id", extra={"action": name})
+                continue
             secret = env.get(endpoint.secret_env)
             if not secret:
                 # Unsigned calls are never made: the action is left out of this session.
@@ -213,19 +235,25 @@ class TenantActions:
     async def call(self, name: str, arguments: dict[str, object]) -> str:
         endpoint, secret = self._endpoints[name]
         request_id = uuid.uuid4().hex
-        body = json.dumps(
-            {
-                "action": name,
-                "request_id": request_id,
-                "tenant_id": self._scope.tenant_id,
-                "user_id": self._scope.user_id,
-                "session_id": self._scope.session_id,
-                "room": self._scope.room,
-                "arguments": arguments,
-            },
-            separators=(",", ":"),
-            sort_keys=True,
-        ).encode()
+        try:
+            body = _json_body(
+                {
+                    "action": name,
+                    "request_id": request_id,
+                    "tenant_id": self._scope.tenant_id,
+                    "user_id": self._scope.user_id,
+                    "session_id": self._scope.session_id,
+                    "room": self._scope.room,
+                    "arguments": arguments,
+                }
+            )
+        except ValueError:
+            # NaN and Infinity are not JSON: a receiver's parser would reject the signed body
+            TOOL_CALLS.labels(name, "bad_arguments").inc()
+            raise ActionError(
+                f"{name} was not called: its arguments hold NaN or Infinity, which JSON cannot "
+                "carry; call it again with plain numbers or text"
+            ) from None
         headers = {
             "Content-Type": "application/json",
             signing.SIGNATURE_HEADER: signing.sign(secret, body),
@@ -242,8 +270,8 @@ class TenantActions:
                 timeout=aiohttp.ClientTimeout(total=endpoint.timeout_s),
                 allow_redirects=False,
             ) as resp:
-                payload = await resp.content.read(_MAX_RESPONSE_BYTES)
                 status = resp.status
+                payload = await _read_capped(resp.content, _MAX_RESPONSE_BYTES)
         except TimeoutError:
             TOOL_CALLS.labels(name, "timeout").inc()
             raise ActionError(f"{name} timed out after {endpoint.timeout_s:g}s") from None
@@ -253,13 +281,18 @@ class TenantActions:
                 f"{name} could not reach the endpoint ({type(exc).__name__})"
             ) from None
         elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
-        if status >= 400:
+        if not 200 <= status < 300:
+            # Redirects are not followed (the signed request must reach the configured URL and
+            # nothing else), so a 3xx is a failure too: the action did not happen.
             TOOL_CALLS.labels(name, f"http_{status // 100}xx").inc()
             logger.warning(
                 "action rejected by tenant endpoint",
                 extra={"action": name, "status": status, "elapsed_ms": elapsed_ms},
             )
-            raise ActionError(f"{name} failed: the endpoint answered HTTP {status}")
+            hint = " (a redirect; the action's URL must be its final address)" if (
+                300 <= status < 400
+            ) else ""
+            raise ActionError(f"{name} failed: the endpoint answered HTTP {status}{hint}")
         TOOL_CALLS.labels(name, "ok").inc()
         text = payload.decode("utf-8", errors="replace").strip()
         try:

@@ -9,7 +9,9 @@ reported here: router-svc reports every model call itself.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
+import uuid
 from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -18,6 +20,8 @@ from parley.billing.v1 import billing_pb2
 from parley_runtime.usage import UsageRecorder
 
 from .log import logger
+
+_MAX_KEY_LEN = 200  # billing-svc's limit for an idempotency key
 
 SERVICE = "agent-worker"
 
@@ -53,6 +57,10 @@ class SessionUsageMeter:
         self._job = job_id
         self._models = models
         self._prefix = kind_prefix
+        # This meter's own run: LiveKit re-dispatches a job to another worker with the same job
+        # id when its worker fails, and the new meter counts from 1 again; without the run, its
+        # first events would reuse keys billing already took and be dropped as duplicates.
+        self._run = uuid.uuid4().hex[:12]
         self._seq: dict[str, int] = {}
         self._started = time.monotonic()
         self._last_minutes_at = self._started
@@ -75,7 +83,11 @@ class SessionUsageMeter:
     def _key(self, kind: str) -> str:
         seq = self._seq.get(kind, 0) + 1
         self._seq[kind] = seq
-        return f"{self._session}:{self._job}:{self._prefix}{kind}:{seq}"
+        key = f"{self._session}:{self._job}:{self._run}:{self._prefix}{kind}:{seq}"
+        if len(key) > _MAX_KEY_LEN:  # a long session id: billing takes keys up to 200
+            digest = hashlib.sha256(f"{self._session}:{self._job}".encode()).hexdigest()[:32]
+            key = f"{digest}:{self._run}:{self._prefix}{kind}:{seq}"
+        return key
 
     def _event(self, kind: str, wall: float) -> billing_pb2.UsageEvent:
         return billing_pb2.UsageEvent(

@@ -350,6 +350,7 @@ class FrameStreamer:
         self._source_fps = source_fps
         self._sequence = 0
         self._last_sent_us: int | None = None
+        self._last_sent_local_us = 0
         self._unchanged = UnchangedFrameFilter(
             threshold=unchanged_threshold, heartbeat_us=int(heartbeat_s * 1_000_000)
         )
@@ -375,12 +376,15 @@ class FrameStreamer:
 
     def _to_request(self, event: rtc.VideoFrameEvent) -> bytes | None:
         ts = int(event.timestamp_us)
-        if (
-            self._min_interval_us
-            and self._last_sent_us is not None
-            and 0 <= ts - self._last_sent_us < self._min_interval_us
-        ):
-            return None
+        local_us = time.monotonic_ns() // 1000
+        if self._min_interval_us and self._last_sent_us is not None:
+            elapsed = ts - self._last_sent_us
+            if elapsed <= 0:
+                # The source's timestamps stand still or went back (some leave them at zero):
+                # the local clock measures the interval instead.
+                elapsed = local_us - self._last_sent_local_us
+            if elapsed < self._min_interval_us:
+                return None
         try:
             frame = i420_frame(event.frame)
             skipped = self._unchanged.admit(frame)
@@ -396,6 +400,7 @@ class FrameStreamer:
             logger.debug("video frame could not be converted; skipped", exc_info=True)
             return None
         self._last_sent_us = ts
+        self._last_sent_local_us = local_us
         self._sequence += 1
         return request
 
@@ -514,6 +519,7 @@ class VisionCapture:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._streams: dict[str, rtc.VideoStream] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self._ending: set[asyncio.Task[None]] = set()
         self.streamers: dict[str, FrameStreamer] = {}
         self._closed = False
 
@@ -545,6 +551,7 @@ class VisionCapture:
             return
         kind = self.kind_of(publication)
         if kind is None or track.sid in self._tasks:
+            # already streaming this track (an unsubscribed track's task has left _tasks)
             return
         stream = rtc.VideoStream(track, format=rtc.VideoBufferType.I420, capacity=2)
         streamer = FrameStreamer(
@@ -585,6 +592,11 @@ class VisionCapture:
             task = asyncio.create_task(stream.aclose(), name=f"vision-close-{track.sid}")
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
+        streaming = self._tasks.pop(track.sid, None)
+        if streaming is not None:
+            # It ends with its frames; the same track subscribed again gets a new streamer.
+            self._ending.add(streaming)
+            streaming.add_done_callback(self._ending.discard)
         self._store.remove(track.sid)
 
     async def aclose(self) -> None:
@@ -592,7 +604,7 @@ class VisionCapture:
         self._room.off("track_subscribed", self._on_track_subscribed)
         self._room.off("track_unsubscribed", self._on_track_unsubscribed)
         await asyncio.gather(*self._closing, return_exceptions=True)
-        tasks = list(self._tasks.values())
+        tasks = [*self._tasks.values(), *self._ending]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

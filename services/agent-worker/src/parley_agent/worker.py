@@ -7,6 +7,7 @@ an argument of the (pickled) entrypoint, never through mutable globals.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import threading
 import time
@@ -18,7 +19,11 @@ from livekit import rtc
 from livekit.agents import AgentServer, JobContext, JobProcess, JobRequest
 from livekit.agents.worker import ServerEnvOption
 from parley_runtime.server import make_signer
-from parley_runtime.usage import UsageClientSettings, make_usage_recorder
+from parley_runtime.usage import (
+    UsageClientSettings,
+    make_usage_recorder,
+    ship_orphaned_spools,
+)
 
 from . import local_stt
 from .config import WorkerSettings
@@ -26,6 +31,7 @@ from .log import logger
 from .metadata import JobIdentity, MetadataError, parse_job_identity
 from .metrics import ACTIVE_SESSIONS, JOBS
 from .session import AssistantRuntime, Backends, NoteTakerRuntime, default_session_id
+from .speech import voice_problem
 from .tenancy import TenantDirectory, TenantProfile, TenantRefused
 from .vad import load_vad
 
@@ -191,6 +197,7 @@ async def entrypoint(settings: WorkerSettings, ctx: JobContext) -> None:
             logger.info("session ended", extra={"reason": reason})
 
     ctx.add_shutdown_callback(cleanup)
+    ctx.proc.userdata[_RUNTIME_KEY] = runtime
 
     try:
         if isinstance(runtime, NoteTakerRuntime):
@@ -208,6 +215,22 @@ async def entrypoint(settings: WorkerSettings, ctx: JobContext) -> None:
         return
     logger.info("session started", extra={"tenant_id": identity.tenant_id,
                                            "user_id": identity.user_id})
+
+
+_RUNTIME_KEY = "parley_runtime"
+
+
+async def session_end(ctx: JobContext) -> None:
+    """livekit's session-end hook: runs before the job leaves the room, unlike the shutdown
+    callbacks, so what the session still has to say to the room (the note-taker's final
+    summary, the last turn events) is published here."""
+    runtime = ctx.proc.userdata.pop(_RUNTIME_KEY, None)
+    if runtime is None:
+        return
+    try:
+        await asyncio.wait_for(runtime.finish(), timeout=30)
+    except Exception:
+        logger.warning("session end: not everything was published", exc_info=True)
 
 
 def _end_when_users_leave(ctx: JobContext) -> None:
@@ -265,8 +288,41 @@ def build_server(settings: WorkerSettings, **overrides: Any) -> AgentServer:
         functools.partial(entrypoint, settings),
         agent_name=settings.agent_name,
         on_request=functools.partial(on_request, settings),
+        on_session_end=session_end,
     )
+    if settings.agent_orphan_spool_interval_s > 0 and settings.billing_addr:
+        server.on("worker_started", functools.partial(_start_orphan_shipper, settings))
     return server
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _start_orphan_shipper(settings: WorkerSettings) -> None:
+    """In the main process (livekit emits `worker_started` on its loop)."""
+    task = asyncio.get_running_loop().create_task(ship_orphans_forever(settings),
+                                                  name="usage-orphan-shipper")
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def ship_orphans_forever(settings: WorkerSettings) -> None:
+    signer = make_signer(settings)
+    usage_settings = UsageClientSettings().model_copy(
+        update={"billing_addr": settings.billing_addr}
+    )
+    while True:
+        await asyncio.sleep(settings.agent_orphan_spool_interval_s)
+        try:
+            shipped = await ship_orphaned_spools(
+                "agent-worker", signer, settings=usage_settings,
+                timeout_s=settings.agent_usage_flush_timeout_s,
+            )
+        except Exception:
+            logger.exception("shipping left-over usage spools failed; retrying later")
+            continue
+        if shipped:
+            logger.info("left-over usage events shipped", extra={"events": shipped})
 
 
 def check_startup(settings: WorkerSettings) -> None:
@@ -280,9 +336,17 @@ def check_startup(settings: WorkerSettings) -> None:
     bad = []
     for tenant_id in registry.ids():
         try:
-            directory.profile(tenant_id)
+            profile = directory.profile(tenant_id)
         except TenantRefused as exc:
             bad.append(exc.message)
+            continue
+        tts_choice = profile.agent.tts
+        espeak = tts_choice.provider == "espeak"
+        if espeak and voice_problem(tts_choice.voice, settings.espeak_binary):
+            bad.append(
+                f"tenant {tenant_id!r}: tts.voice {tts_choice.voice[:64]!r} is not an espeak-ng "
+                "voice (`espeak-ng --voices` lists them); its sessions will speak en-us"
+            )
     if bad:
         # Other tenants still work; these ones will be refused with this reason.
         logger.error("tenants with an invalid agent config", extra={"errors": bad})
