@@ -89,3 +89,28 @@ async def test_health_metrics_and_sigterm_drain(
         assert "draining worker" in log
     finally:
         worker.stop(10)
+
+
+def test_job_processes_trace_livekits_spans_with_the_otel_settings() -> None:
+    """prewarm configures OpenTelemetry in each job process: livekit-agents' spans go to the
+    exporter named by OTEL_* (console here) with the worker's service name and attributes."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from parley_agent.worker import configure_telemetry\n"
+        "configure_telemetry('agent-worker')\n"
+        "from livekit.agents.telemetry import tracer\n"
+        "with tracer.start_as_current_span('probe-span'):\n"
+        "    pass\n"
+        "from opentelemetry import trace\n"
+        "trace.get_tracer_provider().shutdown()\n"
+    )
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "console",
+           "OTEL_RESOURCE_ATTRIBUTES": "parley.tenant_id=acme"}
+    env.pop("OTEL_SERVICE_NAME", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert '"name": "probe-span"' in out
+    assert '"service.name": "agent-worker"' in out and '"parley.tenant_id": "acme"' in out

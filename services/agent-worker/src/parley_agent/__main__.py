@@ -50,9 +50,10 @@ def main() -> None:
     from livekit.agents import cli
 
     from .config import WorkerSettings
-    from .worker import build_server, check_startup
+    from .worker import build_server, check_startup, configure_telemetry
 
     settings = WorkerSettings()
+    configure_telemetry(settings.service_name)
     check_startup(settings)
     cli.run_app(build_server(settings))
 

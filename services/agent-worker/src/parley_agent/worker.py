@@ -19,6 +19,7 @@ from livekit import rtc
 from livekit.agents import AgentServer, JobContext, JobProcess, JobRequest
 from livekit.agents.worker import ServerEnvOption
 from parley_runtime.server import make_signer
+from parley_runtime.telemetry import configure_tracing
 from parley_runtime.usage import (
     UsageClientSettings,
     make_usage_recorder,
@@ -100,8 +101,17 @@ class SessionLoad:
 # Process set-up and job admission
 
 
+def configure_telemetry(service_name: str = "agent-worker") -> None:
+    """OpenTelemetry from the standard OTEL_* variables (parley_runtime.telemetry), in this
+    process: livekit-agents' own spans (turns, LLM and TTS nodes) and the gRPC calls to the
+    services then share one trace per turn, exported when an exporter is configured."""
+    configure_tracing(service_name)
+
+
 def prewarm(settings: WorkerSettings, proc: JobProcess) -> None:
     """Runs once in each job process before it takes a job: load the models it will use."""
+    # per process: a span exporter's thread does not survive the fork
+    configure_telemetry(settings.service_name)
     started = time.perf_counter()
     proc.userdata["vad"] = load_vad(
         runtime=settings.agent_vad_runtime,
