@@ -63,6 +63,11 @@ def test_a_plain_event_is_valid() -> None:
         ({"usage_type": UsageType.VISION, "frames_seen": 10, "frames_kept": 5,
           "dropped_rate": 6}, "exceed frames_seen"),
         ({"usage_type": UsageType.VISION, "naive_image_tokens": 5}, "frames_seen is 0"),
+        # latency_ms is not priced but is stored with the event: a measurement like the rest.
+        ({"latency_ms": math.nan}, "latency_ms must be a finite"),
+        ({"latency_ms": math.inf}, "latency_ms must be a finite"),
+        ({"latency_ms": -1.0}, "latency_ms must not be negative"),
+        ({"latency_ms": 1e12}, "latency_ms = .* implausibly"),
     ],
 )
 def test_invalid_events_are_refused_with_the_reason(fields: dict[str, object],
@@ -90,6 +95,25 @@ def test_period_splits_into_whole_hours_and_ledger_edges() -> None:
     assert Period().split() == ((None, None), [])
     with pytest.raises(ValueError):
         Period(t(2026, 1, 2), t(2026, 1, 1))
+
+
+def test_period_bounds_near_the_ends_of_time_are_refused_not_overflowed() -> None:
+    # Rounding 9999-12-31T23:30Z up to the hour overflowed datetime (an INTERNAL error).
+    for start in (dt.datetime(9999, 12, 31, 23, 30, tzinfo=dt.UTC),
+                  dt.datetime(9999, 12, 31, 1, tzinfo=dt.UTC),
+                  dt.datetime(1, 1, 1, 5, tzinfo=dt.timezone(dt.timedelta(hours=6)))):
+        with pytest.raises(ValueError, match="from must be between 0001-01-02T00:00:00Z and "
+                                             "9999-12-31T00:00:00Z"):
+            Period(start)
+    with pytest.raises(ValueError, match="to must be between"):
+        Period(None, dt.datetime(9999, 12, 31, 0, 1, tzinfo=dt.UTC))
+    # The last allowed bounds still split (in any time zone).
+    far = dt.timezone(dt.timedelta(hours=-23, minutes=-59))
+    for period in (Period(dt.datetime(9999, 12, 30, 23, 59, tzinfo=dt.UTC),
+                          dt.datetime(9999, 12, 31, tzinfo=dt.UTC)),
+                   Period(dt.datetime(1, 1, 2, 0, 1, tzinfo=far)),
+                   Period(None, dt.datetime(9999, 12, 30, 0, 0, tzinfo=far))):
+        period.split()
 
 
 def test_budget_states() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import time
 
 import asyncpg
@@ -17,12 +18,15 @@ from parley_billing.testing import (
     embedding_event,
     llm_event,
     session_event,
+    start_billing,
     stt_event,
     tenant_md,
     tts_event,
     vision_event,
 )
+from parley_runtime.tenants import TenantRegistry
 from parley_runtime.testing import TEST_KEYS
+from prometheus_client import REGISTRY
 
 pytestmark = pytest.mark.integration
 
@@ -61,6 +65,43 @@ async def test_same_key_twice_counts_once(billing: BillingHarness) -> None:
                                           metadata=tenant_md("acme"))
     assert await _count(billing, "acme") == 4
     assert report.rows[0].events == 4
+
+
+async def test_a_key_reused_for_other_content_counts_once_and_is_reported(
+    billing: BillingHarness, caplog: pytest.LogCaptureFixture,
+) -> None:
+    def conflicts(tenant: str) -> float:
+        return REGISTRY.get_sample_value("parley_billing_idempotency_conflicts_total",
+                                         {"tenant": tenant}) or 0.0
+
+    before = conflicts("acme")
+    at = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+    async with billing_stub(billing.port) as stub:
+        await stub.IngestUsage(_req(llm_event("c1", at=at), llm_event("c2", at=at)),
+                               metadata=tenant_md("acme"))
+        # An honest re-send (same event) is a plain duplicate: nothing to report.
+        with caplog.at_level(logging.WARNING, logger="parley.billing"):
+            same = await stub.IngestUsage(_req(llm_event("c1", at=at)),
+                                          metadata=tenant_md("acme"))
+        assert (same.accepted, same.duplicates) == (0, 1)
+        assert conflicts("acme") == before
+        assert not [r for r in caplog.records if "different content" in r.getMessage()]
+        # The same key for other content, across batches and inside one: still counted once
+        # (the contract), but warned about and counted.
+        with caplog.at_level(logging.WARNING, logger="parley.billing"):
+            other = await stub.IngestUsage(
+                _req(llm_event("c1", at=at, output_tokens=999), llm_event("c3", at=at),
+                     llm_event("c3", at=at, input_tokens=5)),
+                metadata=tenant_md("acme"))
+        assert (other.accepted, other.duplicates) == (1, 2)
+    assert conflicts("acme") - before == 2
+    [warning] = [r for r in caplog.records if "different content" in r.getMessage()]
+    assert warning.levelno == logging.WARNING
+    assert warning.__dict__["tenant"] == "acme"
+    assert warning.__dict__["idempotency_keys"] == ["c1", "c3"]
+    # Keys and tenant only: the events (the tenant's data) stay out of the log.
+    assert "999" not in warning.getMessage() + repr(warning.__dict__.get("idempotency_keys"))
+    assert await _count(billing, "acme") == 3
 
 
 async def test_concurrent_duplicate_batches_count_once(billing: BillingHarness) -> None:
@@ -151,10 +192,34 @@ async def test_another_tenants_id_is_permission_denied(billing: BillingHarness) 
 
 
 async def test_bad_tenant_ids_are_refused(billing: BillingHarness) -> None:
+    # Without a tenants file any well-formed id is a tenant: the format is the check.
     async with billing_stub(billing.port) as stub:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.IngestUsage(_req(llm_event("x")), metadata=tenant_md("Not_Valid"))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_with_a_tenants_file_any_other_id_is_not_found(
+    billing_dsns: tuple[str, str],
+) -> None:
+    # As in every other service (TenantRegistry.get), and what the usage client dead-letters.
+    registry = TenantRegistry.from_dict({"tenants": {"acme": {}}})
+    h = await start_billing(*billing_dsns, registry=registry)
+    try:
+        async with billing_stub(h.port) as stub:
+            for tenant in ("initech", "Not_Valid", "x" * 300):
+                for call in (
+                    lambda md: stub.IngestUsage(_req(llm_event("x")), metadata=md),
+                    lambda md: stub.CheckBudget(billing_pb2.CheckBudgetRequest(), metadata=md),
+                ):
+                    with pytest.raises(grpc.aio.AioRpcError) as err:
+                        await call(tenant_md(tenant))
+                    assert err.value.code() == grpc.StatusCode.NOT_FOUND, tenant
+                    assert len(err.value.details() or "") < 200
+            ok = await stub.IngestUsage(_req(llm_event("x")), metadata=tenant_md("acme"))
+            assert ok.accepted == 1
+    finally:
+        await h.close()
 
 
 async def test_row_level_security_and_append_only_ledger(billing: BillingHarness) -> None:

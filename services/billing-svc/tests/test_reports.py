@@ -149,6 +149,26 @@ async def test_cost_report_by_each_dimension(billing: BillingHarness) -> None:
             await report(billing_pb2.DIMENSION_DAY, billing_pb2.DIMENSION_DAY)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
+        # A bound near the end of time is refused with the allowed range (rounding it to
+        # whole hours overflowed: INTERNAL), in both report RPCs and over REST.
+        late = Timestamp(seconds=253402300000)  # 9999-12-31T23:46:40Z
+        for call in (lambda: report(**{"from": late}),
+                     lambda: stub.GetSavings(billing_pb2.GetSavingsRequest(**{"from": late}),
+                                             metadata=tenant_md("acme"))):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call()
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "bad period: from must be between 0001-01-02T00:00:00Z and " \
+                "9999-12-31T00:00:00Z" in (err.value.details() or "")
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{billing.http_port}") as http:
+        for path in ("/v1/reports/cost", "/v1/reports/savings"):
+            r = await http.get(path, params={"from": "9999-12-31T23:30:00Z"},
+                               headers=_bearer("acme"))
+            assert r.status_code == 400, r.text
+            assert "from must be between" in r.text
+        r = await http.get("/v1/sessions/a%00b/bill", headers=_bearer("acme"))
+        assert r.status_code == 400 and "session_id" in r.text, r.text
+
 
 async def test_session_bill_lines_add_up(billing: BillingHarness) -> None:
     await _seed(billing)
@@ -159,6 +179,16 @@ async def test_session_bill_lines_add_up(billing: BillingHarness) -> None:
             await stub.GetSessionBill(billing_pb2.GetSessionBillRequest(session_id="nope"),
                                       metadata=tenant_md("acme"))
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        # Ids ingest would refuse have no bill: INVALID_ARGUMENT, without echoing the value
+        # (a NUL failed in the driver: INTERNAL; 20,000 characters overflowed the status
+        # trailer: RESOURCE_EXHAUSTED).
+        for bad in ("", "a\x00b", "has space", "x" * 20000):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.GetSessionBill(billing_pb2.GetSessionBillRequest(session_id=bad),
+                                          metadata=tenant_md("acme"))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad[:20]
+            assert "session_id" in (err.value.details() or "")
+            assert len(err.value.details() or "") < 200
         # globex's call-1 is globex's only.
         theirs = await stub.GetSessionBill(
             billing_pb2.GetSessionBillRequest(session_id="call-1"), metadata=tenant_md("globex"))

@@ -45,6 +45,11 @@ async def test_uploads_and_validation(kb_stack: KbStack, unique: Callable[[str],
         ({"content": "no type"}, "content_type"),
         # A lone surrogate escaped in JSON decodes to a str that is not valid UTF-8.
         (b'{"content_type": "text", "content": "\\ud800"}', "UTF-8"),
+        # ... and in the other text fields it failed inside the database driver (a 500).
+        (b'{"content_type": "text", "content": "x", "title": "\\ud800"}', "title"),
+        (b'{"content_type": "text", "content": "x", "source_uri": "\\udfff"}', "source_uri"),
+        (b'{"content_type": "text", "content": "x", "metadata": {"k": "\\ud800"}}', "metadata"),
+        (b'{"content_type": "text", "content": "x", "metadata": {"n": NaN}}', "finite"),
     ]
     for body, fragment in bad:
         if isinstance(body, bytes):
@@ -57,6 +62,11 @@ async def test_uploads_and_validation(kb_stack: KbStack, unique: Callable[[str],
         assert fragment in r.json()["error"]["message"], r.text
     r = await http.post("/v1/search", headers=acme, json={"query": "x", "top_k": -1})
     assert r.status_code == 400
+    for body in (b'{"query": "x\\ud800"}', b'{"query": "x", "document_ids": ["\\ud800"]}',
+                 b'{"query": "x", "metadata_filter": {"\\ud800": 1}}'):
+        r = await http.post("/v1/search", content=body,
+                            headers={**acme, "Content-Type": "application/json"})
+        assert r.status_code == 400, (body, r.text)
     r = await http.get("/v1/documents", headers=acme, params={"page_token": "garbage"})
     assert r.status_code == 400
     r = await http.put("/v1/documents/x", headers=auth_headers("frozen-co"),

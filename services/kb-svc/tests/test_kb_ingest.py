@@ -4,6 +4,8 @@ quotas, bad input, delete and list."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -241,6 +243,11 @@ async def test_quotas(kb_stack: KbStack, unique: Callable[[str], str]) -> None:
          grpc.StatusCode.INVALID_ARGUMENT, "NUL"),
         (lambda d: ingest_req(d, "text", metadata={"k": "v" * 20000}),
          grpc.StatusCode.INVALID_ARGUMENT, "larger than"),
+        # JSON has no NaN or infinity: refused naming the place, not an INTERNAL error.
+        (lambda d: ingest_req(d, "text", metadata={"n": float("nan")}),
+         grpc.StatusCode.INVALID_ARGUMENT, "metadata.n is nan"),
+        (lambda d: ingest_req(d, "text", metadata={"a": {"b": [1, float("-inf")]}}),
+         grpc.StatusCode.INVALID_ARGUMENT, "metadata.a.b[1] is -inf"),
     ],
 )
 async def test_bad_input_is_rejected_and_writes_nothing(
@@ -336,10 +343,18 @@ async def test_delete_and_list_pagination(kb_stack: KbStack,
         mine = [d for d in seen if d.startswith(prefix)]
         assert mine == [f"{prefix}-{i}" for i in range(5)]
         assert seen == sorted(seen) and len(seen) == len(set(seen)) and pages >= 3
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub.ListDocuments(kb_pb2.ListDocumentsRequest(
-                page=common_pb2.PageRequest(page_token="not-a-token")), metadata=md)
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        def crafted(after: object) -> str:
+            return base64.urlsafe_b64encode(json.dumps({"after": after}).encode()).decode()
+
+        # Tokens are unsigned base64 JSON: a decoded field that is not a document id (NUL,
+        # lone surrogate, too long, not a string) is refused before it reaches PostgreSQL.
+        for token in ("not-a-token", crafted("a\u0000"), crafted("a\ud800"), crafted("x" * 257),
+                      crafted(7), crafted(None), "QQ" * 5000):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.ListDocuments(kb_pb2.ListDocumentsRequest(
+                    page=common_pb2.PageRequest(page_token=token)), metadata=md)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, token
+            assert "start without it" in (err.value.details() or "")
 
         deleted = await stub.DeleteDocument(
             kb_pb2.DeleteDocumentRequest(document_id=f"{prefix}-0"), metadata=md)

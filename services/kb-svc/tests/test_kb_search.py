@@ -178,11 +178,21 @@ async def test_search_validation(kb_stack: KbStack) -> None:
             kb_pb2.SearchRequest(query="x", document_ids=[f"d{i}" for i in range(1001)]),
             kb_pb2.SearchRequest(query="x", document_ids=[""]),
             kb_pb2.SearchRequest(query="nul\x00"),
+            kb_pb2.SearchRequest(query="x", document_ids=["a\x00b"]),
+            kb_pb2.SearchRequest(query="x", metadata_filter=_struct({"k\x00": "v"})),
+            kb_pb2.SearchRequest(query="x", metadata_filter=_struct({"k": "v\x00"})),
         ]
         for request in bad:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.Search(request, metadata=md)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, request
+        # JSON has no NaN or infinity: the place is named (it was an INTERNAL error).
+        for value, shown in ((float("inf"), "inf"), (float("nan"), "nan")):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Search(kb_pb2.SearchRequest(
+                    query="x", metadata_filter=_struct({"n": value})), metadata=md)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert f"metadata_filter.n is {shown}" in (err.value.details() or "")
 
 
 async def test_top_k_min_score_and_metadata_filters(kb_stack: KbStack,

@@ -50,6 +50,7 @@ MAX_MINUTES = 1_440.0
 MAX_CHARACTERS = 10_000_000
 MAX_TEXTS = 10_000_000
 MAX_FPS = 240.0
+MAX_LATENCY_MS = 86_400_000.0  # a day: no single model call takes that long
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]*$")
 _PRINTABLE_RE = re.compile(r"^[\x21-\x7e]+$")
@@ -77,6 +78,9 @@ class Usage:
     cache_write_tokens: int = 0
     output_tokens: int = 0
     images: int = 0
+    # LLM: wall time of the call. Not priced, but kept in the stored event, so it must be a
+    # real measurement too.
+    latency_ms: float = 0.0
     # Vision.
     frames_seen: int = 0
     frames_kept: int = 0
@@ -177,10 +181,13 @@ def validate(
         i, c, w, o = (usage.input_tokens, usage.cached_input_tokens, usage.cache_write_tokens,
                       usage.output_tokens)
         # One comparison chain for the common, valid case; the slow path names the field.
+        # (NaN fails every comparison, so it takes the slow path too.)
         if (0 <= c and 0 <= w and c + w <= i <= MAX_TOKENS and 0 <= o <= MAX_TOKENS
                 and 0 <= usage.images <= MAX_IMAGES and 0 <= usage.cached_texts <= MAX_TEXTS
-                and 0 <= usage.embedded_texts <= MAX_TEXTS):
+                and 0 <= usage.embedded_texts <= MAX_TEXTS
+                and 0 <= usage.latency_ms <= MAX_LATENCY_MS):
             return
+        _float("latency_ms", usage.latency_ms, MAX_LATENCY_MS)
         _int("input_tokens", i, MAX_TOKENS)
         _int("cached_input_tokens", c, MAX_TOKENS)
         _int("cache_write_tokens", w, MAX_TOKENS)

@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from parley_runtime.errors import InvalidArgument, NotFound
+from parley_runtime.ids import check_id
 from parley_runtime.tenants import TENANT_ID_RE, TenantRegistry
 
 from . import metrics
@@ -32,6 +33,9 @@ from .reports import (
     SessionBill,
     line_items,
 )
+
+# Keys named in one conflict warning (keys are at most 200 characters).
+_MAX_LOGGED_CONFLICTS = 20
 
 
 class BadEvent(InvalidArgument):
@@ -117,10 +121,20 @@ class Ledger:
     # ------------------------------------------------------------------------ tenants
 
     def check_tenant(self, tenant: str) -> None:
+        # With a tenants file, every id not in it is unknown (NOT_FOUND), however it is spelled,
+        # as in the other services (TenantRegistry.get) and for the usage client, which moves
+        # a NOT_FOUND batch to its dead-letter file. Without one, any well-formed id is a
+        # tenant, and the format check is what keeps ids sane (they key row-level security and
+        # label metrics).
+        if self.registry is not None:
+            if tenant not in self.registry:
+                raise NotFound(f"unknown tenant {tenant[:70]!r}")
+            return
         if not TENANT_ID_RE.match(tenant):
-            raise InvalidArgument(f"tenant id {tenant[:70]!r} is not a valid tenant id")
-        if self.registry is not None and tenant not in self.registry:
-            raise NotFound(f"unknown tenant {tenant!r}")
+            raise InvalidArgument(
+                f"tenant id {tenant[:70]!r} is not a valid tenant id: it must match "
+                f"{TENANT_ID_RE.pattern}"
+            )
 
     # ------------------------------------------------------------------------- ingest
 
@@ -134,7 +148,8 @@ class Ledger:
         metrics.BATCH_SIZE.observe(len(usages))
         now = self.clock()
         priced: list[tuple[Usage, Priced]] = []
-        seen: set[str] = set()
+        seen: dict[str, bytes] = {}
+        conflicts: set[str] = set()
         for index, usage in enumerate(usages):
             try:
                 validate(usage, now=now, max_age=self.limits.max_event_age,
@@ -144,18 +159,36 @@ class Ledger:
                 metrics.EVENTS.labels("rejected").inc(len(usages))
                 raise BadEvent(index, usage.idempotency_key, str(exc)) from None
             # A key repeated inside one batch counts once, like a key repeated across batches.
-            if usage.idempotency_key in seen:
+            first = seen.get(usage.idempotency_key)
+            if first is not None:
+                if first != usage.raw:
+                    conflicts.add(usage.idempotency_key)
                 continue
-            seen.add(usage.idempotency_key)
+            seen[usage.idempotency_key] = usage.raw
             priced.append((usage, price))
         if not priced:
             return IngestResult(0, len(usages))
         stored = await self.store.ingest(tenant, priced)
         inserted: frozenset[str] = stored.inserted_keys
+        conflicts.update(stored.conflicting_keys)
+        if conflicts:
+            self._report_conflicts(tenant, conflicts)
         self._observe(tenant, priced, inserted)
         if inserted:
             self._after_spend(tenant)
         return IngestResult(len(inserted), len(usages) - len(inserted))
+
+    def _report_conflicts(self, tenant: str, keys: set[str]) -> None:
+        """Keys re-sent with other content still count once (the contract), but that is a
+        sender bug that loses usage: warn with the keys (never the events, which are the
+        tenant's data) and count it per tenant for alerting."""
+        metrics.IDEMPOTENCY_CONFLICTS.labels(self.tenant_label(tenant)).inc(len(keys))
+        shown = sorted(keys)[:_MAX_LOGGED_CONFLICTS]  # one line per batch, bounded
+        logger.warning(
+            "idempotency key re-sent with different content: the first event counts, the new "
+            "one was dropped; the sender must use a new key per metered occurrence",
+            extra={"tenant": tenant, "idempotency_keys": shown, "conflicts": len(keys)},
+        )
 
     def _observe(
         self, tenant: str, priced: Sequence[tuple[Usage, Priced]], inserted: frozenset[str]
@@ -235,8 +268,10 @@ class Ledger:
 
     async def session_bill(self, tenant: str, session_id: str) -> SessionBill:
         self.check_tenant(tenant)
-        if not session_id:
-            raise InvalidArgument("session_id is required")
+        # The rule ingest applies to stored session ids: anything else cannot have a bill, and
+        # a NUL would fail inside the database driver (INTERNAL); the message does not echo
+        # the value (a long one would overflow the status trailer).
+        check_id("session_id", session_id, required=True)
         groups = await self.store.session_groups(tenant, session_id)
         if not groups:
             raise NotFound(f"no usage recorded for session {session_id!r}")

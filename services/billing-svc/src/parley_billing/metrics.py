@@ -25,8 +25,15 @@ SAVED = Counter(
 )
 EVENTS = Counter(
     "parley_billing_events",
-    "Usage events received, by outcome (accepted, duplicate, rejected)",
+    "Usage events received, by outcome (accepted, duplicate, rejected); duplicates include "
+    "the idempotency conflicts",
     ["outcome"],
+)
+IDEMPOTENCY_CONFLICTS = Counter(
+    "parley_billing_idempotency_conflicts",
+    "Duplicate events whose idempotency key was stored with different content (the first "
+    "event counts; a sender reuses keys), by tenant",
+    ["tenant"],
 )
 INGEST_LAG = Histogram(
     "parley_billing_ingest_lag_seconds",

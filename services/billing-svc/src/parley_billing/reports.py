@@ -25,6 +25,14 @@ class Dimension(StrEnum):
     USAGE_TYPE = "usage_type"
 
 
+# Bounds a period may have. A day inside Python's datetime range, so that rounding a bound to
+# whole hours and converting it to UTC (Period.split) cannot overflow; anything the ledger can
+# hold (events are at most a few hundred days old) is far inside.
+PERIOD_MIN = dt.datetime(1, 1, 2, tzinfo=dt.UTC)
+PERIOD_MAX = dt.datetime(9999, 12, 31, tzinfo=dt.UTC)
+_PERIOD_RANGE = "between 0001-01-02T00:00:00Z and 9999-12-31T00:00:00Z"
+
+
 @dataclass(frozen=True, slots=True)
 class Period:
     """A half-open time range [start, end) in UTC; None means unbounded."""
@@ -36,6 +44,12 @@ class Period:
         for value in (self.start, self.end):
             if value is not None and value.tzinfo is None:
                 raise ValueError("period bounds must be timezone-aware")
+        for name, value in (("from", self.start), ("to", self.end)):
+            # (Comparing aware datetimes does not convert them, so it cannot overflow.)
+            if value is not None and not PERIOD_MIN <= value <= PERIOD_MAX:
+                raise ValueError(
+                    f"{name} must be {_PERIOD_RANGE}; leave it unset for an open end"
+                )
         if self.start is not None and self.end is not None and self.end <= self.start:
             raise ValueError("the period's end must be after its start")
 

@@ -83,6 +83,7 @@ def usage_from_pb(ev: billing_pb2.UsageEvent, caller: str | None) -> Usage:
         u.cache_write_tokens, u.output_tokens, u.images = (
             m.cache_write_tokens, m.output_tokens, m.images
         )
+        u.latency_ms = m.latency_ms
     elif kind == "vision":
         v = ev.vision
         u.model_id = v.model_id

@@ -106,6 +106,18 @@ SELECT coalesce(array_agg(idempotency_key), '{{}}') AS keys FROM ins
 
 INGEST_SQL = _ingest_sql()
 
+# Keys of this batch that were already stored with a different event: a sender reused a key
+# for another occurrence (or changed an event before re-sending it). The first event counts;
+# this only makes the reuse visible. Run in the ingest transaction after INGEST_SQL, and only
+# when some keys were duplicates: one primary-key lookup per duplicate, nothing otherwise.
+# (`event` is the serialized UsageEvent as received; billing serializes every event itself, so
+# an honest re-send has the same bytes.)
+CONFLICTS_SQL = """
+SELECT s.idempotency_key FROM usage_staging s
+JOIN usage_events e ON e.tenant_id = $1 AND e.idempotency_key = s.idempotency_key
+WHERE s.idempotency_key <> ALL($2::text[]) AND e.event <> s.event
+"""
+
 # Report dimension -> expression over a rollup row / over a ledger row.
 # (Days are grouped as dates and formatted in Python: to_char per row costs microseconds.)
 _DIM_ROLLUP = {
@@ -123,9 +135,11 @@ _DIM_LEDGER = {
 
 @dataclass(frozen=True, slots=True)
 class Stored:
-    """Outcome of one batch: the idempotency keys this call stored (the rest were known)."""
+    """Outcome of one batch: the idempotency keys this call stored (the rest were known), and
+    those of the known ones stored with a different event."""
 
     inserted_keys: frozenset[str]
+    conflicting_keys: frozenset[str] = frozenset()
 
 
 _ACQUIRE_TIMEOUT_S = 10.0
@@ -223,7 +237,10 @@ class BillingStore:
                         "usage_staging", records=records, columns=STAGED
                     )
                     keys = await conn.fetchval(INGEST_SQL, tenant)
-                return Stored(frozenset(keys))
+                    conflicts: list[str] = []
+                    if len(keys) < len(records):
+                        conflicts = [r[0] for r in await conn.fetch(CONFLICTS_SQL, tenant, keys)]
+                return Stored(frozenset(keys), frozenset(conflicts))
             except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
                 # Both roll back completely; the batch is retried as a whole.
                 logger.warning("ingest transaction conflict, retrying",

@@ -366,6 +366,8 @@ class KnowledgeBase:
             raise InvalidArgument(f"query is longer than {opts.max_query_chars} characters")
         if "\x00" in text:
             raise InvalidArgument("query contains NUL characters")
+        if not _is_unicode(text):
+            raise InvalidArgument("query is not valid Unicode (it has a lone surrogate)")
         if query.top_k < 0:
             raise InvalidArgument("top_k must not be negative")
         top_k = min(query.top_k or opts.top_k_default, opts.top_k_max)
@@ -472,11 +474,27 @@ def full_text_terms(text: str) -> list[str]:
     return terms[:MAX_QUERY_TERMS]
 
 
+def _is_unicode(value: str) -> bool:
+    """Encodable as UTF-8, i.e. no lone surrogates. gRPC strings never have them, but JSON
+    bodies of the admin API can ("\\ud800"), and the database driver fails on them."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _is_document_id(value: str) -> bool:
+    return DOCUMENT_ID_RE.match(value) is not None and _is_unicode(value)
+
+
 def _validate_document_id(document_id: str) -> None:
     if not document_id:
         raise InvalidArgument("document_id is required")
-    if not DOCUMENT_ID_RE.match(document_id):
-        raise InvalidArgument("document_id must be 1-256 characters with no control characters")
+    if not _is_document_id(document_id):
+        raise InvalidArgument(
+            "document_id must be 1-256 characters of valid Unicode with no control characters"
+        )
 
 
 def _clean_text_field(value: str, name: str, limit: int) -> str:
@@ -484,6 +502,8 @@ def _clean_text_field(value: str, name: str, limit: int) -> str:
         raise InvalidArgument(f"{name} is longer than {limit} characters")
     if "\x00" in value:
         raise InvalidArgument(f"{name} contains NUL characters")
+    if not _is_unicode(value):
+        raise InvalidArgument(f"{name} is not valid Unicode (it has a lone surrogate)")
     return value.strip()
 
 
@@ -496,7 +516,12 @@ def validate_metadata(value: Mapping[str, Any] | None, name: str) -> dict[str, A
     try:
         encoded = json.dumps(value, sort_keys=True, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError):
-        raise InvalidArgument(f"{name} must contain only JSON values") from None
+        raise InvalidArgument(
+            f"{name} must contain only JSON values (strings, finite numbers, booleans, null, "
+            "lists and objects with string keys)"
+        ) from None
+    if not _is_unicode(encoded):
+        raise InvalidArgument(f"{name} is not valid Unicode (it has a lone surrogate)")
     if len(encoded.encode()) > MAX_METADATA_BYTES:
         raise InvalidArgument(f"{name} is larger than {MAX_METADATA_BYTES} bytes")
     if "\\u0000" in encoded or "\x00" in encoded:
@@ -559,16 +584,29 @@ def _quota_check(limits: TenantLimits) -> QuotaCheck:
     return check
 
 
+# A token holds one document id (at most 256 characters, up to 4 UTF-8 bytes each, JSON
+# escapes of up to 12 characters) in base64: anything much longer was not issued here.
+_MAX_PAGE_TOKEN_CHARS = 8192
+
+
 def _encode_page_token(after: str) -> str:
     return base64.urlsafe_b64encode(json.dumps({"after": after}).encode()).decode()
 
 
 def _decode_page_token(token: str) -> str:
+    """The document id a page token continues after. Tokens are plain base64 JSON (not
+    signed: they only say where a listing of the caller's own documents resumes), so every
+    field is checked like a caller's input before it reaches SQL (a NUL or a lone surrogate
+    would fail inside the driver, an INTERNAL error)."""
+    bad = InvalidArgument("page_token is not one this service issued; start without it")
+    if len(token) > _MAX_PAGE_TOKEN_CHARS:
+        raise bad
     try:
         data = json.loads(base64.urlsafe_b64decode(token.encode()))
         after = data["after"]
-    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise InvalidArgument("page_token is not a token this service issued") from None
-    if not isinstance(after, str):
-        raise InvalidArgument("page_token is not a token this service issued")
+    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeError):
+        raise bad from None
+    if not isinstance(after, str) or not _is_document_id(after):
+        raise bad
     return after
+

@@ -3,6 +3,7 @@ the domain; the runtime's interceptor turns them into status codes with their me
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
@@ -45,8 +46,36 @@ def content_type_from_pb(value: int) -> ContentType:
     return found
 
 
-def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(value) if value.fields else {}
+def struct_to_dict(value: struct_pb2.Struct, field: str) -> dict[str, Any]:
+    """The Struct as plain JSON values; INVALID_ARGUMENT naming the place of a NaN or infinity
+    (JSON has no such numbers: MessageToDict would raise ValueError, an INTERNAL error)."""
+    if not value.fields:
+        return {}
+    _check_finite(value, field)
+    return json_format.MessageToDict(value)
+
+
+def _check_finite(value: struct_pb2.Struct | struct_pb2.ListValue, path: str) -> None:
+    # Protobuf parsing caps nesting at 100 levels, so the recursion is bounded.
+    items: Any = (
+        value.fields.items() if isinstance(value, struct_pb2.Struct) else enumerate(value.values)
+    )
+    for key, item in items:
+        if isinstance(key, int):
+            where = f"{path}[{key}]"
+        else:  # the key is the caller's: bounded, and quoted when it has control characters
+            short = key[:60]
+            where = f"{path}.{short if short.isprintable() else repr(short)}"
+        kind = item.WhichOneof("kind")
+        if kind == "number_value" and not math.isfinite(item.number_value):
+            raise InvalidArgument(
+                f"{where} is {item.number_value}: JSON numbers must be finite (send a finite "
+                "number, or a string such as \"NaN\")"
+            )
+        if kind == "struct_value":
+            _check_finite(item.struct_value, where)
+        elif kind == "list_value":
+            _check_finite(item.list_value, where)
 
 
 def dict_to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
@@ -90,7 +119,7 @@ class KnowledgeBaseServicer(kb_pb2_grpc.KnowledgeBaseServiceServicer):
             content=bytes(request.content),
             content_type=content_type_from_pb(request.content_type),
             title=request.title,
-            metadata=struct_to_dict(request.metadata),
+            metadata=struct_to_dict(request.metadata, "metadata"),
             source_uri=request.source_uri,
         )
         result = await self.kb.ingest(tenant, doc)
@@ -113,7 +142,7 @@ class KnowledgeBaseServicer(kb_pb2_grpc.KnowledgeBaseServiceServicer):
             top_k=request.top_k,
             mode=mode,
             min_score=request.min_score,
-            metadata_filter=struct_to_dict(request.metadata_filter),
+            metadata_filter=struct_to_dict(request.metadata_filter, "metadata_filter"),
             document_ids=tuple(request.document_ids),
         )
         result = await self.kb.search(tenant, query)
