@@ -22,6 +22,7 @@ from parley_router.chat import (
     ToolCallEvent,
     TurnFinished,
     Usage,
+    estimate_tokens,
 )
 from parley_router.failover import (
     Admission,
@@ -85,6 +86,10 @@ class FakeProvider:
             raise behaviour
         if ctx.on_sent is not None:  # accepted: the model thinks (or answers at once)
             ctx.on_sent()
+        if behaviour.startswith("counted_"):  # reports its input count up front (Anthropic)
+            behaviour = behaviour.removeprefix("counted_")
+            assert ctx.on_usage is not None
+            ctx.on_usage(Usage(input_tokens=50, output_tokens=1))
         if behaviour == "stall":
             await asyncio.sleep(60)
         yield TextDelta(f"{model.model_id} says hi")
@@ -92,6 +97,8 @@ class FakeProvider:
             raise ProviderError(ProviderErrorKind.STREAM, "connection reset")
         if behaviour == "stall_after":
             await asyncio.sleep(60)
+        if behaviour == "cut":
+            return
         yield TextDelta(" there")
         yield TurnFinished(FinishReason.STOP, Usage(input_tokens=5, output_tokens=3))
 
@@ -378,15 +385,88 @@ async def test_a_provider_that_does_not_say_it_sent_gets_no_attempting() -> None
     assert not hooks.attempting and isinstance(events[0], Answering)
 
 
-async def test_closing_while_the_model_thinks_cancels_the_call_and_settles_nothing() -> None:
+async def test_closing_while_the_model_thinks_cancels_the_call_and_bills_its_input() -> None:
     r, p = runner({A.model_id: lambda n: "stall"})
     hooks = Hooks()
     gen = r.run(chain=(A, B), request=REQ, ctx=CTX, deadline=time.monotonic() + 5, hooks=hooks)
     first = await anext(gen)
     assert isinstance(first, Attempting) and first.model is A
     await gen.aclose()
-    assert hooks.reports == [] and p["google"].calls == {A.model_id: 1}
-    assert not p["anthropic"].calls
+    assert p["google"].calls == {A.model_id: 1} and not p["anthropic"].calls
+    # The provider accepted the request before the caller left: its input is billed.
+    [rep] = hooks.reports
+    assert rep.model is A and rep.outcome == "cancelled"
+    assert rep.usage == Usage(input_tokens=estimate_tokens(REQ), estimated=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Calls that end early after the provider took them are billed: its counts, else an estimate.
+
+SAID = f"{A.model_id} says hi"  # FakeProvider's first output
+
+
+async def test_a_call_cancelled_mid_answer_is_billed_at_an_estimate() -> None:
+    r, _ = runner({A.model_id: lambda n: "stall_after"})
+    hooks = Hooks()
+    gen = r.run(chain=(A,), request=REQ, ctx=CTX, deadline=time.monotonic() + 5, hooks=hooks)
+    assert isinstance(await anext(gen), Answering)
+    assert await anext(gen) == TextDelta(SAID)
+    await gen.aclose()
+    [rep] = hooks.reports
+    assert rep.outcome == "cancelled"
+    assert rep.usage == Usage(input_tokens=estimate_tokens(REQ),
+                              output_tokens=-(-len(SAID) // 4), estimated=True)
+
+
+async def test_a_cancelled_call_keeps_the_counts_the_provider_gave() -> None:
+    r, _ = runner({A.model_id: lambda n: "counted_stall_after"})
+    hooks = Hooks()
+    gen = r.run(chain=(A,), request=REQ, ctx=CTX, deadline=time.monotonic() + 5, hooks=hooks)
+    await anext(gen)
+    await anext(gen)
+    await gen.aclose()
+    [rep] = hooks.reports
+    # Input as counted; output: its early placeholder (1) is below what was already streamed.
+    assert rep.usage == Usage(input_tokens=50, output_tokens=-(-len(SAID) // 4),
+                              estimated=True)
+
+
+@pytest.mark.parametrize("behaviour", ["cut", "stall_after", "break"])
+async def test_a_call_broken_mid_answer_is_billed(behaviour: str) -> None:
+    r, _ = runner({A.model_id: lambda n: behaviour})
+    hooks = Hooks()
+    with pytest.raises(Unavailable, match="incomplete"):
+        await run(r, hooks, chain=(A,))
+    [rep] = hooks.reports
+    assert rep.outcome == "broken"
+    assert rep.usage == Usage(input_tokens=estimate_tokens(REQ),
+                              output_tokens=-(-len(SAID) // 4), estimated=True)
+
+
+async def test_a_call_timed_out_after_it_was_accepted_bills_its_input() -> None:
+    r, _ = runner({A.model_id: lambda n: "stall"}, max_attempts=1)
+    hooks = Hooks()
+    with pytest.raises(Unavailable):
+        await run(r, hooks, chain=(A,))
+    [rep] = hooks.reports
+    assert rep.outcome == "error"
+    assert rep.usage == Usage(input_tokens=estimate_tokens(REQ), estimated=True)
+
+
+async def test_a_call_refused_before_it_was_accepted_bills_nothing() -> None:
+    r, _ = runner({A.model_id: lambda n: overloaded()}, max_attempts=1)
+    hooks = Hooks()
+    with pytest.raises(Unavailable):
+        await run(r, hooks, chain=(A,))
+    [rep] = hooks.reports
+    assert rep.outcome == "error" and rep.usage is None
+
+
+async def test_a_finished_call_is_billed_as_the_provider_counted() -> None:
+    r, _ = runner({})
+    _, hooks = await run(r, chain=(A,))
+    [rep] = hooks.reports
+    assert rep.usage == Usage(input_tokens=5, output_tokens=3)  # no estimate involved
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from parley_router.policy import (
     TurnFacts,
     build_chain,
     choose_tier,
+    format_usd,
     load_policies,
     resolve_pinned,
 )
@@ -44,6 +45,51 @@ def test_defaults_follow_the_catalog_and_plan_limits() -> None:
     assert a.limits.requests_per_minute == 7
     assert a.limits.tokens_per_minute == 40_000  # default for free, not overridden
     assert p["b"].limits.requests_per_minute == 3_000
+
+
+@pytest.mark.parametrize("plans, fragment", [
+    # The dev file's old shape: limits straight under the plan, under names nobody reads.
+    ({"free": {"requests_per_min": 30}},
+     "plans.free: unknown key 'requests_per_min'; a plan holds per-service sections"),
+    ({"free": {"router": {"requests_per_min": 30}}},
+     "plans.free.router: unknown key 'requests_per_min'; expected requests_per_minute and/or "
+     "tokens_per_minute"),
+    ({"gold": {"router": {"requests_per_minute": 30}}}, "plans: unknown plan 'gold'"),
+    ({"free": {"router": [30]}}, "plans.free.router must be a mapping"),
+    ({"free": {"router": {"requests_per_minute": 0}}}, "plans.free.router"),
+])
+def test_plans_with_keys_the_router_would_ignore_stop_the_start(
+    plans: dict[str, Any], fragment: str,
+) -> None:
+    # Checked for every plan, used by a tenant or not: a typo must not wait for its first user.
+    with pytest.raises(PolicyError) as err:
+        policies({"a": {"plan": "pro"}}, plans)
+    assert fragment in str(err.value)
+
+
+def test_other_services_plan_sections_are_left_to_them() -> None:
+    p = policies({"a": {"plan": "free"}},
+                 {"free": {"vision": {"idle_fps": 1.0}, "router": {"tokens_per_minute": 9}}})
+    assert p["a"].limits.tokens_per_minute == 9
+
+
+def test_the_dev_tenants_file_sets_the_limits_it_means() -> None:
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "config" / "tenants.dev.yaml"
+    p = load_policies(TenantRegistry.from_file(path), CATALOG, TODAY)
+    assert (p["globex"].limits.requests_per_minute, p["globex"].limits.tokens_per_minute) == (
+        30, 30_000)
+    assert (p["acme"].limits.requests_per_minute, p["acme"].limits.tokens_per_minute) == (
+        300, 400_000)
+
+
+@pytest.mark.parametrize("amount, text", [
+    (0.000682, "$0.000682"), (0.0001, "$0.0001"), (101.5, "$101.50"), (0.0, "$0.00"),
+    (12.3456789, "$12.3457"), (1234567.0, "$1234570.00"),
+])
+def test_amounts_in_messages_keep_their_significant_digits(amount: float, text: str) -> None:
+    assert format_usd(amount) == text
 
 
 def test_retired_model_is_replaced_by_its_successor_with_a_warning(

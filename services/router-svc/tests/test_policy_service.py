@@ -32,6 +32,10 @@ class FakeBilling(billing_pb2_grpc.BillingServiceServicer):
     async def CheckBudget(self, request: Any, context: Any) -> Any:
         tenant = require_tenant()  # the router acts for the tenant
         self.calls.append(tenant)
+        if tenant == "budget-tiny":
+            return billing_pb2.CheckBudgetResponse(
+                state=billing_pb2.BUDGET_STATE_HARD_EXCEEDED,
+                spent_this_month_usd=0.000682, monthly_limit_usd=0.0001)
         if tenant.startswith("budget-"):
             return billing_pb2.CheckBudgetResponse(
                 state=billing_pb2.BUDGET_STATE_HARD_EXCEEDED,
@@ -62,6 +66,10 @@ async def test_hard_exceeded_budget_refuses_with_a_clear_message(
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "monthly budget is exhausted" in (err.value.details() or "")
     assert "$101.50" in err.value.details()
+    # Fractions of a cent keep their digits (not "$0.00 spent of $0.00").
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await r.turn(chat(user("hello")), tenant="budget-tiny")
+    assert "($0.000682 spent of $0.0001)" in (err.value.details() or ""), err.value.details()
     assert (await emulator.get("/admin/stats")).json()["totals"].get("requests", 0) == 0
 
 

@@ -3,7 +3,9 @@ images both ways, bad input, usage, ClassifyTurn and ListModels."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from typing import Any
 
 import grpc
@@ -18,8 +20,10 @@ from parley_router.testing import (
     llm_events,
     md,
     model_stats,
+    set_fault,
     system,
     user,
+    wait_for,
 )
 from parley_runtime.errors import RETRY_AFTER_TRAILER
 from prometheus_client import REGISTRY
@@ -52,11 +56,12 @@ async def test_streams_route_then_deltas_then_completion(make_router: MakeRouter
     assert c.usage.input_tokens > 0 and c.usage.output_tokens > 0 and c.usage.cost_usd > 0
     assert c.attempts == 1 and not c.fallback_used
     assert 0 < c.time_to_first_token_ms <= c.total_ms
-    # One usage event per provider call, keyed by turn and attempt.
+    # One usage event per provider call, keyed by turn (attribution), call and attempt.
     events = llm_events(r.recorder)
     assert len(events) == 1
     tenant, ev = events[0]
-    assert tenant == "acme" and ev.idempotency_key == "router-svc:llm:t-basic:1"
+    assert tenant == "acme"
+    assert re.fullmatch(r"router-svc:llm:t-basic:[0-9a-f]{32}:1", ev.idempotency_key)
     assert ev.service == "router-svc" and ev.session_id == "sess-1"
     assert ev.llm.model_id == "gemini-2.5-flash-lite" and ev.llm.tier == "simple"
     assert ev.llm.input_tokens == c.usage.input_tokens
@@ -166,6 +171,40 @@ BAD_REQUESTS: list[tuple[str, Any, str, grpc.StatusCode, str]] = [
      grpc.StatusCode.INVALID_ARGUMENT, "prompt is too large"),
     ("larger than a message may be", chat(user("x" * 5_000_000)), "acme",
      grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
+    # Ids billing would refuse: the turn would be answered and its usage dead-lettered.
+    ("session id with spaces", chat(user("hi"), session_id="my session"), "acme",
+     grpc.StatusCode.INVALID_ARGUMENT, "session_id must be 1-128 printable"),
+    ("session id too long", chat(user("hi"), session_id="s" * 200), "acme",
+     grpc.StatusCode.INVALID_ARGUMENT, "session_id must be 1-128 printable"),
+    ("turn id with spaces", chat(user("hi"), turn_id="turn 1"), "acme",
+     grpc.StatusCode.INVALID_ARGUMENT, "turn_id must be 1-128 printable"),
+    ("NaN cost cap", chat(user("hi"), hints=router_pb2.RoutingHints(
+        max_cost_usd=float("nan"))), "acme", grpc.StatusCode.INVALID_ARGUMENT, "max_cost_usd"),
+    ("infinite cost cap", chat(user("hi"), hints=router_pb2.RoutingHints(
+        max_cost_usd=float("inf"))), "acme", grpc.StatusCode.INVALID_ARGUMENT, "max_cost_usd"),
+    ("unknown tool choice", chat(user("hi"), tool_choice=99), "acme",
+     grpc.StatusCode.INVALID_ARGUMENT, "tool_choice: unknown value 99"),
+    ("conflicting tier hints", chat(user("hi"), hints=router_pb2.RoutingHints(
+        force_tier=router_pb2.TIER_PREMIUM, max_tier=router_pb2.TIER_SIMPLE)), "acme",
+     grpc.StatusCode.INVALID_ARGUMENT, "force_tier premium is above hints.max_tier simple"),
+    ("huge model id", chat(user("hi"), hints=router_pb2.RoutingHints(model_id="m" * 20_000)),
+     "acme", grpc.StatusCode.INVALID_ARGUMENT, "hints.model_id must be"),
+    ("thousands of providers", chat(user("hi"), hints=router_pb2.RoutingHints(
+        allowed_providers=[f"p{i}" for i in range(3000)])), "acme",
+     grpc.StatusCode.INVALID_ARGUMENT, "3000 entries"),
+    ("huge provider name", chat(user("hi"), hints=router_pb2.RoutingHints(
+        allowed_providers=["g" * 20_000])), "acme",
+     grpc.StatusCode.INVALID_ARGUMENT, "allowed_providers[0] is 20000 characters"),
+    ("many unknown providers", chat(user("hi"), hints=router_pb2.RoutingHints(
+        allowed_providers=[f"{i}" * 32 for i in range(8)])), "acme",
+     grpc.StatusCode.PERMISSION_DENIED, "none of the requested providers"),
+    ("huge tool name", chat(user("hi"), tools=[router_pb2.ToolDefinition(
+        name="t" * 20_000, parameters_json_schema="{}")]), "acme",
+     grpc.StatusCode.INVALID_ARGUMENT, "(20000 characters)"),
+    ("huge unknown call id", chat(user("hi"), router_pb2.Message(
+        role=router_pb2.ROLE_TOOL, parts=[router_pb2.ContentPart(
+            tool_result=router_pb2.ToolResult(call_id="c" * 20_000, content="x"))])), "acme",
+     grpc.StatusCode.INVALID_ARGUMENT, "unknown call id"),
 ]
 
 
@@ -185,6 +224,9 @@ async def test_bad_input_gets_a_clear_status_and_the_server_survives(
         await r.turn(request_, tenant=tenant)
     assert err.value.code() == code, err.value.details()
     assert fragment in (err.value.details() or "")
+    # A caller's value is never echoed whole: the message stays readable and far below
+    # gRPC's metadata limit.
+    assert len(err.value.details() or "") < 300
     stats = (await emulator.get("/admin/stats")).json()
     assert stats["totals"].get("requests", 0) == 0  # nothing reached a provider
     ok = await r.turn(chat(user("hello")))
@@ -206,6 +248,70 @@ async def test_classify_turn_calls_no_model_and_reports_the_baseline(
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await r.stub.ClassifyTurn(router_pb2.ClassifyTurnRequest(), metadata=md("acme"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("hints, fragment", [
+    (router_pb2.RoutingHints(model_id="m" * 20_000), "hints.model_id must be"),
+    (router_pb2.RoutingHints(allowed_providers=["google"] * 3000), "3000 entries"),
+    (router_pb2.RoutingHints(max_cost_usd=float("nan")), "max_cost_usd"),
+], ids=["huge model id", "thousands of providers", "NaN cost cap"])
+async def test_classify_turn_refuses_oversized_hints_without_echoing_them(
+    make_router: MakeRouter, emulator: httpx.AsyncClient, hints: Any, fragment: str,
+) -> None:
+    r = await make_router()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await r.stub.ClassifyTurn(router_pb2.ClassifyTurnRequest(
+            messages=[user("hi")], hints=hints), metadata=md("acme"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert fragment in (err.value.details() or "")
+    assert len(err.value.details() or "") < 300
+
+
+async def test_a_reused_turn_id_bills_every_call(
+    make_router: MakeRouter, emulator: httpx.AsyncClient,
+) -> None:
+    r = await make_router()
+    for _ in range(2):
+        res = await r.turn(chat(user("when does the store open?"), turn_id="t-reused"))
+        assert res.completion.finish_reason == router_pb2.FINISH_REASON_STOP
+    keys = [ev.idempotency_key for _, ev in llm_events(r.recorder)]
+    # Two provider calls, two keys: billing counts both (the turn id stays for attribution).
+    assert len(keys) == 2 and len(set(keys)) == 2
+    assert all(k.startswith("router-svc:llm:t-reused:") for k in keys)
+
+
+async def test_a_long_turn_id_still_gives_a_key_billing_accepts(
+    make_router: MakeRouter, emulator: httpx.AsyncClient,
+) -> None:
+    r = await make_router()
+    await r.turn(chat(user("hi"), turn_id="t" * 128, session_id="s" * 128))
+    [(_, ev)] = llm_events(r.recorder)
+    assert len(ev.idempotency_key) <= 200 and re.fullmatch(r"[!-~]+", ev.idempotency_key)
+    assert ev.session_id == "s" * 128
+
+
+@pytest.mark.parametrize("tier, model", [
+    (router_pb2.TIER_SIMPLE, "gemini-2.5-flash-lite"),
+    (router_pb2.TIER_PREMIUM, "claude-sonnet-4-6"),
+])
+async def test_a_turn_the_caller_cancels_mid_answer_is_billed(
+    make_router: MakeRouter, emulator: httpx.AsyncClient, tier: int, model: str,
+) -> None:
+    r = await make_router()
+    await set_fault(emulator, model=model, stall_after_tokens=3, stall_s=30)
+    call = r.stub.StreamChat(chat(user("explain how a bicycle stays upright"), tier=tier),
+                             metadata=md("acme"), timeout=10)
+    async for ev in call:
+        if ev.WhichOneof("event") == "text_delta":
+            break
+    call.cancel()
+    await wait_for(lambda: bool(llm_events(r.recorder)), timeout=5)
+    [(tenant, ev)] = llm_events(r.recorder)
+    assert tenant == "acme" and ev.llm.model_id == model
+    # The provider charges the input and the output generated so far: both are billed.
+    assert ev.llm.input_tokens > 0 and ev.llm.output_tokens > 0
+    await asyncio.sleep(0.1)
+    assert len(llm_events(r.recorder)) == 1
 
 
 async def test_list_models_shows_catalog_and_the_tenants_chains(

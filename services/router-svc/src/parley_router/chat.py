@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -25,7 +25,9 @@ __all__ = [
     "ToolSpec",
     "TurnFinished",
     "Usage",
+    "billable_usage",
     "estimate_tokens",
+    "shown",
     "validate_request",
 ]
 
@@ -143,6 +145,8 @@ class Usage:
     cache_write_tokens: int = 0
     output_tokens: int = 0
     images: int = 0
+    # Some counts are the router's estimate (billable_usage), not the provider's.
+    estimated: bool = False
 
     @property
     def total_tokens(self) -> int:
@@ -200,8 +204,44 @@ def estimate_tokens(request: ChatRequest) -> int:
     )
 
 
+def billable_usage(reported: Usage | None, request: ChatRequest, output_chars: int) -> Usage:
+    """What to bill for a call that reached the provider and ended early (cancelled by the
+    caller, broken, timed out): providers charge the whole input of such a request and the
+    output generated until it stopped, but usually report the final counts only at the end.
+
+    The provider's counts are kept where it gave them. A missing input count becomes the
+    router's estimate of the prompt (the one rate limits reserve); output is at least the
+    text already forwarded at ~4 characters per token (Anthropic's early counts are a
+    placeholder until its last event, so a stale lower count is not trusted).
+    """
+    u = Usage() if reported is None else replace(reported)
+    u.images = u.images or request.image_count
+    if u.input_tokens <= 0:
+        u.input_tokens = max(estimate_tokens(request),
+                             u.cached_input_tokens + u.cache_write_tokens)
+        u.estimated = True
+    streamed = -(-output_chars // _CHARS_PER_TOKEN)
+    if streamed > u.output_tokens:
+        u.output_tokens = streamed
+        u.estimated = True
+    return u
+
+
 # ---------------------------------------------------------------------------------------------
 # Validation: every malformed request gets INVALID_ARGUMENT naming what is wrong.
+
+# Longest piece of a caller's value quoted in an error: enough to recognise it; a whole one could
+# push the status past gRPC's metadata limit (the caller would get RESOURCE_EXHAUSTED instead).
+SHOWN_MAX = 64
+
+
+def shown(value: object, limit: int = SHOWN_MAX) -> str:
+    """`value` quoted for an error message, cut to `limit` characters (saying so)."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
 
 TOOL_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 IMAGE_MIME_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif"})
@@ -216,13 +256,13 @@ def parse_tool_schema(name: str, raw: str) -> dict[str, Any]:
         schema = json.loads(raw)
     except ValueError as exc:
         raise InvalidArgument(
-            f"tool {name!r}: parameters_json_schema is not JSON ({exc})"
+            f"tool {shown(name)}: parameters_json_schema is not JSON ({exc})"
         ) from None
     if not isinstance(schema, dict):
-        raise InvalidArgument(f"tool {name!r}: parameters_json_schema must be a JSON object")
+        raise InvalidArgument(f"tool {shown(name)}: parameters_json_schema must be a JSON object")
     if schema.get("type", "object") != "object":
         raise InvalidArgument(
-            f"tool {name!r}: parameters_json_schema must describe an object (type: object)"
+            f"tool {shown(name)}: parameters_json_schema must describe an object (type: object)"
         )
     _check_schema_node(name, schema, "$")
     return schema
@@ -230,29 +270,35 @@ def parse_tool_schema(name: str, raw: str) -> dict[str, Any]:
 
 def _check_schema_node(tool: str, node: Any, path: str) -> None:
     if not isinstance(node, dict):
-        raise InvalidArgument(f"tool {tool!r}: schema at {path} must be an object")
+        raise InvalidArgument(f"tool {shown(tool)}: schema at {shown(path)} must be an object")
     kind = node.get("type")
     kinds = kind if isinstance(kind, list) else [kind] if kind is not None else []
     for k in kinds:
         if k not in _JSON_TYPES:
-            raise InvalidArgument(f"tool {tool!r}: schema at {path} has unknown type {k!r}")
+            raise InvalidArgument(
+                f"tool {shown(tool)}: schema at {shown(path)} has unknown type {shown(k)}"
+            )
     props = node.get("properties")
     if props is not None:
         if not isinstance(props, dict):
-            raise InvalidArgument(f"tool {tool!r}: {path}.properties must be an object")
+            raise InvalidArgument(
+                f"tool {shown(tool)}: {shown(path + '.properties')} must be an object"
+            )
         for key, sub in props.items():
             _check_schema_node(tool, sub, f"{path}.properties.{key}")
     required = node.get("required")
     if required is not None and (
         not isinstance(required, list) or not all(isinstance(r, str) for r in required)
     ):
-        raise InvalidArgument(f"tool {tool!r}: {path}.required must be a list of names")
+        raise InvalidArgument(
+            f"tool {shown(tool)}: {shown(path + '.required')} must be a list of names"
+        )
     items = node.get("items")
     if items is not None:
         _check_schema_node(tool, items, f"{path}.items")
     enum = node.get("enum")
     if enum is not None and not isinstance(enum, list):
-        raise InvalidArgument(f"tool {tool!r}: {path}.enum must be a list")
+        raise InvalidArgument(f"tool {shown(tool)}: {shown(path + '.enum')} must be a list")
 
 
 def validate_request(request: ChatRequest, *, max_input_tokens: int) -> int:
@@ -265,10 +311,11 @@ def validate_request(request: ChatRequest, *, max_input_tokens: int) -> int:
     for t in request.tools:
         if not TOOL_NAME_RE.match(t.name):
             raise InvalidArgument(
-                f"tool name {t.name!r} must match {TOOL_NAME_RE.pattern} (letters, digits, _ -)"
+                f"tool name {shown(t.name)} must match {TOOL_NAME_RE.pattern} "
+                "(letters, digits, _ -)"
             )
         if t.name in tool_names:
-            raise InvalidArgument(f"tool {t.name!r} is defined twice")
+            raise InvalidArgument(f"tool {shown(t.name)} is defined twice")
         tool_names.add(t.name)
     if request.tool_choice is ToolChoice.REQUIRED and not request.tools:
         raise InvalidArgument("tool_choice REQUIRED needs at least one tool")
@@ -283,7 +330,7 @@ def validate_request(request: ChatRequest, *, max_input_tokens: int) -> int:
                     raise InvalidArgument(f"{where}: image has no data")
                 if p.mime_type not in IMAGE_MIME_TYPES:
                     raise InvalidArgument(
-                        f"{where}: image mime_type {p.mime_type!r} is not one of "
+                        f"{where}: image mime_type {shown(p.mime_type)} is not one of "
                         f"{sorted(IMAGE_MIME_TYPES)}"
                     )
             elif isinstance(p, ToolCallPart):
@@ -305,7 +352,7 @@ def validate_request(request: ChatRequest, *, max_input_tokens: int) -> int:
                     raise InvalidArgument(f"{where}: tool result needs the call_id it answers")
                 if p.call_id not in call_ids:
                     raise InvalidArgument(
-                        f"{where}: tool result answers unknown call id {p.call_id!r}"
+                        f"{where}: tool result answers unknown call id {shown(p.call_id)}"
                     )
     if request.max_output_tokens <= 0:
         raise InvalidArgument("max_output_tokens must be positive")

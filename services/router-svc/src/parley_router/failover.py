@@ -46,7 +46,7 @@ from parley_runtime.errors import (
 )
 
 from .breaker import BreakerBoard, CircuitBreaker
-from .chat import ChatRequest, TextDelta, ToolCallEvent, TurnFinished, Usage
+from .chat import ChatRequest, TextDelta, ToolCallEvent, TurnFinished, Usage, billable_usage
 from .providers.base import (
     CallContext,
     ChatProvider,
@@ -117,8 +117,36 @@ class TurnHooks(Protocol):
         ...
 
     def settle(self, report: AttemptReport) -> None:
-        """Called once per attempt that reached a provider (usage, limiter correction)."""
+        """Called once per attempt that reached a provider (usage, limiter correction).
+
+        An attempt that ended early after its request was accepted (cancelled, broken, timed
+        out) comes with billable usage: the provider's counts so far, else an estimate
+        (chat.billable_usage), since providers charge such calls.
+        """
         ...
+
+
+class _Reach:
+    """What an attempt's provider has told so far: that its request was accepted (on_sent)
+    and its usage counts (on_usage, the provider's own object, updated in place)."""
+
+    __slots__ = ("sent", "usage")
+
+    def __init__(self) -> None:
+        self.sent = False
+        self.usage: Usage | None = None
+
+    @property
+    def reached(self) -> bool:
+        """The provider took the request: from here on it bills it, however the call ends."""
+        return self.sent or self.usage is not None
+
+    def on_sent(self, fut: asyncio.Future[None]) -> None:
+        self.sent = True
+        _resolve(fut)
+
+    def on_usage(self, usage: Usage) -> None:
+        self.usage = usage
 
 
 @dataclass(slots=True)
@@ -228,9 +256,10 @@ class FailoverRunner:
                 # The call runs as a task so that this generator can hand on `Attempting` once
                 # the provider reports its request sent (or the call resolved, whichever first).
                 sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                reach = _Reach()
                 call = asyncio.ensure_future(self._first(
                     model, request, ctx, attempt + 1, now, first_wait, hard_deadline, gate,
-                    partial(_resolve, sent)))
+                    partial(reach.on_sent, sent), reach.on_usage))
                 call.add_done_callback(partial(_resolve, sent))
                 try:
                     await sent
@@ -243,6 +272,13 @@ class FailoverRunner:
                     if gate is not None:
                         gate.cancel()
                     await _cancel(call)
+                    if reach.reached:
+                        # The caller left while the model was thinking: the provider still
+                        # bills the request it accepted.
+                        hooks.settle(AttemptReport(
+                            model, attempt + 1, AttemptOutcome.CANCELLED,
+                            billable_usage(reach.usage, request, 0), None,
+                            self._clock() - now))
                     raise
                 if gate is not None:
                     admission = await gate.outcome()  # the admission's own error propagates
@@ -262,15 +298,18 @@ class FailoverRunner:
                         breaker.release_probe()
                     self._cool_down(key, err)
                     _note(notes, f"{model.model_id} failed: {err}")
+                    usage = err.partial_usage
+                    if reach.reached:  # accepted, then failed or timed out before any output
+                        usage = billable_usage(usage or reach.usage, request, 0)
                     hooks.settle(AttemptReport(
                         model, attempt, AttemptOutcome.ERROR,
-                        err.partial_usage, None, self._clock() - now, err))
+                        usage, None, self._clock() - now, err))
                     continue
                 gen, first, ttft = result
                 # aclosing: if our caller stops early, the attempt is settled right away.
                 async with aclosing(self._rest(
                     gen, first, model, attempt, now, ttft, chain, notes, breaker, hooks,
-                    hard_deadline,
+                    hard_deadline, request, reach,
                 )) as rest:
                     async for event in rest:
                         yield event
@@ -309,6 +348,7 @@ class FailoverRunner:
         hard_deadline: float,
         gate: _AdmissionGate | None = None,
         on_sent: Callable[[], None] | None = None,
+        on_usage: Callable[[Usage], None] | None = None,
     ) -> ProviderError | tuple[AsyncIterator[object], object, float]:
         """Start a call and wait for its first event; errors come back as values.
 
@@ -322,7 +362,7 @@ class FailoverRunner:
                                  f"provider {model.provider!r} is not configured")
         budget = max(0.0, min(first_wait, hard_deadline - started))
         call_ctx = CallContext(ctx.tenant_id, ctx.session_id, ctx.turn_id, attempt,
-                               gate.wait if gate is not None else None, on_sent)
+                               gate.wait if gate is not None else None, on_sent, on_usage)
         gen = provider.stream(model, request, call_ctx, timeout_s=max(0.1, hard_deadline - started))
         try:
             loop = asyncio.get_running_loop()
@@ -364,12 +404,15 @@ class FailoverRunner:
         breaker: CircuitBreaker,
         hooks: TurnHooks,
         hard_deadline: float,
+        request: ChatRequest,
+        reach: _Reach,
     ) -> AsyncGenerator[RunEvent, None]:
         """Forward the rest of an answer that has started; never retried from here on."""
         o = self.options
         outcome = AttemptOutcome.CANCELLED
         usage: Usage | None = None
         error: ProviderError | None = None
+        out_chars = 0  # output forwarded: the floor of what an unfinished call is billed
         pump = _Pump(gen)
         try:
             yield Answering(model, attempt, model is not chain[0], list(notes))
@@ -381,7 +424,11 @@ class FailoverRunner:
                     breaker.record_success(ttft)
                     yield event
                     return
-                if isinstance(event, (TextDelta, ToolCallEvent)):
+                if isinstance(event, TextDelta):
+                    out_chars += len(event.text)
+                    yield event
+                elif isinstance(event, ToolCallEvent):
+                    out_chars += len(event.name) + len(event.arguments_json)
                     yield event
                 wait = min(o.stall_timeout_s, hard_deadline - self._clock())
                 try:
@@ -425,6 +472,10 @@ class FailoverRunner:
                 # The caller went away: not the model's fault; free a half-open probe slot.
                 breaker.release_probe()
             await pump.aclose()
+            if outcome != AttemptOutcome.OK:
+                # Output had begun, so the provider took the request: bill what it counted so
+                # far, else an estimate (never nothing).
+                usage = billable_usage(usage or reach.usage, request, out_chars)
             hooks.settle(AttemptReport(
                 model, attempt, outcome, usage, ttft,
                 self._clock() - started, error,

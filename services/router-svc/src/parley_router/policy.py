@@ -14,6 +14,7 @@ from parley_runtime.errors import FailedPrecondition, InvalidArgument, NotFound,
 from parley_runtime.tenants import TenantRegistry
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .chat import shown
 from .complexity import TIERS, Tier
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,9 @@ __all__ = [
     "build_chain",
     "choose_tier",
     "estimate_cost_usd",
+    "format_usd",
     "load_policies",
+    "validate_plans",
     "resolve_pinned",
 ]
 
@@ -145,12 +148,60 @@ def _resolve_chain(
     return tuple(out)
 
 
+# A plan holds one section per service, like a tenant (parley_runtime.tenants.TenantConfig).
+PLAN_SECTIONS = ("agent", "billing", "kb", "router", "vision")
+_LIMIT_KEYS = tuple(PlanLimits.model_fields)
+
+
+def validate_plans(plans: Mapping[str, Any]) -> None:
+    """Check the tenants file's `plans:` as far as the router can: plan names, the per-service
+    sections of each plan and all of its own (`plans.<plan>.router`).
+
+    A key nobody reads would be ignored without a word (limits written at the wrong place
+    silently left every tenant on the defaults), so unknown keys stop the service at start-up.
+    Other services check the content of their own sections.
+    """
+    for plan, body in plans.items():
+        if plan not in DEFAULT_PLAN_LIMITS:
+            raise PolicyError(
+                f"plans: unknown plan {shown(str(plan))}; the plans are "
+                f"{', '.join(DEFAULT_PLAN_LIMITS)}"
+            )
+        if body is None:
+            continue
+        if not isinstance(body, Mapping):
+            raise PolicyError(
+                f"plans.{plan} must be a mapping of per-service sections "
+                f"({', '.join(PLAN_SECTIONS)}), not a {type(body).__name__}"
+            )
+        for key in body:
+            if key not in PLAN_SECTIONS:
+                raise PolicyError(
+                    f"plans.{plan}: unknown key {shown(str(key))}; a plan holds per-service "
+                    f"sections ({', '.join(PLAN_SECTIONS)}); the router's rate limits go under "
+                    f"plans.{plan}.router as {' and '.join(_LIMIT_KEYS)}"
+                )
+        plan_limits(plans, plan)
+
+
 def plan_limits(plans: Mapping[str, Any], plan: str) -> PlanLimits:
     """Limits of `plan` from the tenants file's `plans:` section (`plans.<plan>.router`)."""
-    section = (plans.get(plan) or {}).get("router") if isinstance(plans.get(plan), dict) else None
+    body = plans.get(plan)
+    section = body.get("router") if isinstance(body, Mapping) else None
     base = DEFAULT_PLAN_LIMITS.get(plan, DEFAULT_PLAN_LIMITS["free"])
-    if not section:
+    if section is None:
         return base
+    if not isinstance(section, Mapping):
+        raise PolicyError(
+            f"plans.{plan}.router must be a mapping with {' and/or '.join(_LIMIT_KEYS)}, "
+            f"not a {type(section).__name__}"
+        )
+    unknown = [k for k in section if k not in _LIMIT_KEYS]
+    if unknown:
+        raise PolicyError(
+            f"plans.{plan}.router: unknown key {shown(str(unknown[0]))}; expected "
+            f"{' and/or '.join(_LIMIT_KEYS)} (per tenant and provider)"
+        )
     try:
         return PlanLimits(**{**base.model_dump(), **section})
     except (ValidationError, TypeError) as exc:
@@ -169,6 +220,7 @@ def load_policies(
     missing = [t.label for t in TIERS if t not in defaults]
     if missing:
         raise PolicyError(f"catalog default_tiers lacks {missing}")
+    validate_plans(registry.plans)
     policies: dict[str, TenantPolicy] = {}
     for tenant in registry.all():
         try:
@@ -262,6 +314,14 @@ def choose_tier(policy: TenantPolicy, estimated: Tier, hints: RoutingHints) -> T
     return choice
 
 
+def format_usd(amount: float) -> str:
+    """Dollars for messages: 6 significant digits (at least cents), so fractions of a cent do
+    not read "$0.00", and no exponent: 0.000682 -> "$0.000682", 101.5 -> "$101.50"."""
+    text = f"{float(f'{amount:.6g}'):.10f}".rstrip("0")
+    whole, _, cents = text.partition(".")
+    return f"${whole}.{cents.ljust(2, '0')}"
+
+
 def estimate_cost_usd(model: ModelEntry, facts: TurnFacts, today: dt.date) -> float:
     price = model.price_at(today).usd_per_mtok
     return (
@@ -305,7 +365,8 @@ def build_chain(
     providers = _allowed_providers(policy, hints)
     if not providers:
         raise PermissionDenied(
-            f"none of the requested providers {sorted(hints.allowed_providers)} is allowed "
+            f"none of the requested providers "
+            f"{shown(', '.join(sorted(hints.allowed_providers)), 100)} is allowed "
             f"for this tenant (allowed: {sorted(policy.allowed_providers)})"
         )
     cap = _cost_cap(policy, hints)
@@ -342,8 +403,8 @@ def build_chain(
     # Models that fit but cost too much make cost the real obstacle.
     if "cost" in eliminated and cap is not None:
         raise FailedPrecondition(
-            f"estimated turn cost exceeds the cap of ${cap:.4f} on every allowed model; "
-            "shorten the prompt, lower max_output_tokens or raise the cap"
+            f"estimated turn cost exceeds the cap of {format_usd(cap)} on every allowed "
+            "model; shorten the prompt, lower max_output_tokens or raise the cap"
         )
     if "context" in eliminated:
         raise InvalidArgument(
@@ -380,14 +441,14 @@ def resolve_pinned(
         resolved = catalog.resolve(model_id, today)
     except CatalogError as exc:
         if model_id not in catalog.models:
-            raise NotFound(f"unknown model {model_id!r}") from None
+            raise NotFound(f"unknown model {shown(model_id)}") from None
         raise FailedPrecondition(str(exc)) from None
     entry = catalog.get(resolved)
     if entry.kind != "llm":
-        raise InvalidArgument(f"model {model_id!r} is not a chat model")
+        raise InvalidArgument(f"model {shown(model_id)} is not a chat model")
     providers = _allowed_providers(policy, hints)
     if resolved not in policy.pinnable or entry.provider not in providers:
-        raise PermissionDenied(f"model {model_id!r} is not allowed for this tenant")
+        raise PermissionDenied(f"model {shown(model_id)} is not allowed for this tenant")
     why = _reject(entry, providers, facts, _cost_cap(policy, hints), today)
     if why:
         raise FailedPrecondition(f"pinned model {resolved!r} cannot take this turn ({why})")

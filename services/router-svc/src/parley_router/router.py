@@ -12,9 +12,10 @@ import asyncio
 import datetime as dt
 import logging
 import time
+import uuid
 from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from parley_runtime.catalog import Catalog, ModelEntry
@@ -42,6 +43,7 @@ from .policy import (
     TurnFacts,
     build_chain,
     choose_tier,
+    format_usd,
     resolve_pinned,
 )
 from .providers.base import CallContext
@@ -78,13 +80,20 @@ class PremiumGate(Protocol):
     ) -> bool: ...
 
 
+def _call_id() -> str:
+    return uuid.uuid4().hex
+
+
 @dataclass(frozen=True, slots=True)
 class Turn:
     tenant_id: str
     session_id: str
+    # The caller's id (attribution); callers may reuse it, so nothing unique derives from it.
     turn_id: str
     request: ChatRequest
     hints: RoutingHints = RoutingHints()
+    # Ours, one per StreamChat call: what makes each provider call's usage key unique.
+    call_id: str = field(default_factory=_call_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,8 +268,9 @@ class TurnRouter:
         if budget is not None and budget.state is BudgetState.HARD_EXCEEDED:
             if policy.on_budget_exceeded == "refuse":
                 raise ResourceExhausted(
-                    f"the tenant's monthly budget is exhausted (${budget.spent_usd:.2f} spent "
-                    f"of ${budget.limit_usd:.2f}); raise the budget in billing to continue"
+                    f"the tenant's monthly budget is exhausted ({format_usd(budget.spent_usd)} "
+                    f"spent of {format_usd(budget.limit_usd)}); raise the budget in billing to "
+                    "continue"
                 )
             budget_downgrade = True
         if hints.model_id:

@@ -3,6 +3,7 @@ interceptor turns them into status codes, with a retry-after trailer when set)."
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -13,6 +14,7 @@ from parley.router.v1 import router_pb2, router_pb2_grpc
 from parley_runtime.catalog import Catalog, ModelEntry
 from parley_runtime.context import require_tenant
 from parley_runtime.errors import InvalidArgument
+from parley_runtime.ids import check_id
 
 from .chat import (
     ChatRequest,
@@ -43,7 +45,12 @@ _ROLES = {
     router_pb2.ROLE_ASSISTANT: Role.ASSISTANT,
     router_pb2.ROLE_TOOL: Role.TOOL,
 }
-_TOOL_CHOICE = {
+# Bounds on hint values: real ones are far below them, and a message naming a bad value must
+# stay small (gRPC refuses oversized status metadata, and callers read these messages).
+MAX_HINT_PROVIDERS = 8
+MAX_PROVIDER_NAME_LEN = 32
+
+_TOOL_CHOICE: dict[int, ToolChoice] = {
     router_pb2.TOOL_CHOICE_UNSPECIFIED: ToolChoice.AUTO,
     router_pb2.TOOL_CHOICE_AUTO: ToolChoice.AUTO,
     router_pb2.TOOL_CHOICE_NONE: ToolChoice.NONE,
@@ -106,16 +113,55 @@ def _tools(raw: Any) -> tuple[ToolSpec, ...]:
     )
 
 
+def _providers(raw: Any) -> frozenset[str]:
+    if len(raw) > MAX_HINT_PROVIDERS:
+        raise InvalidArgument(
+            f"hints.allowed_providers has {len(raw)} entries, at most {MAX_HINT_PROVIDERS} are "
+            "accepted: name the providers to use (e.g. google, anthropic)"
+        )
+    for i, p in enumerate(raw):
+        if len(p) > MAX_PROVIDER_NAME_LEN:
+            raise InvalidArgument(
+                f"hints.allowed_providers[{i}] is {len(p)} characters long; provider names "
+                f"have at most {MAX_PROVIDER_NAME_LEN} (e.g. google, anthropic)"
+            )
+    return frozenset(p.strip().lower() for p in raw if p.strip())
+
+
 def _hints(h: Any) -> RoutingHints:
-    if h.max_cost_usd < 0:
-        raise InvalidArgument("hints.max_cost_usd must not be negative")
+    # NaN compares false with everything: without isfinite it would pass as "no cap".
+    if not math.isfinite(h.max_cost_usd) or h.max_cost_usd < 0:
+        raise InvalidArgument(
+            "hints.max_cost_usd must be a finite amount of USD, not negative (0 = no cap)"
+        )
+    model_id = h.model_id.strip()
+    check_id("hints.model_id", model_id)
+    force_tier = _tier(h.force_tier, "hints.force_tier")
+    max_tier = _tier(h.max_tier, "hints.max_tier")
+    if force_tier is not None and max_tier is not None and force_tier > max_tier:
+        # The caller's own hints contradict each other: answering at either tier would ignore
+        # one of them without telling (a tenant's cap on a hint is different: it is reported
+        # in the decision's reason).
+        raise InvalidArgument(
+            f"hints.force_tier {force_tier.label} is above hints.max_tier {max_tier.label}: "
+            "send one of them, or a force_tier within max_tier"
+        )
     return RoutingHints(
-        force_tier=_tier(h.force_tier, "hints.force_tier"),
-        max_tier=_tier(h.max_tier, "hints.max_tier"),
-        allowed_providers=frozenset(p.strip().lower() for p in h.allowed_providers if p.strip()),
+        force_tier=force_tier,
+        max_tier=max_tier,
+        allowed_providers=_providers(h.allowed_providers),
         max_cost_usd=h.max_cost_usd,
-        model_id=h.model_id.strip(),
+        model_id=model_id,
     )
+
+
+def _tool_choice(value: int) -> ToolChoice:
+    choice = _TOOL_CHOICE.get(value)
+    if choice is None:
+        raise InvalidArgument(
+            f"tool_choice: unknown value {value} (use TOOL_CHOICE_AUTO, NONE or REQUIRED)"
+        )
+    return choice
 
 
 def request_from_proto(req: Any, default_max_output_tokens: int) -> ChatRequest:
@@ -124,7 +170,7 @@ def request_from_proto(req: Any, default_max_output_tokens: int) -> ChatRequest:
     return ChatRequest(
         messages=_messages(req.messages),
         tools=_tools(req.tools),
-        tool_choice=_TOOL_CHOICE.get(req.tool_choice, ToolChoice.AUTO),
+        tool_choice=_tool_choice(req.tool_choice),
         max_output_tokens=req.max_output_tokens or default_max_output_tokens,
         temperature=req.temperature if req.HasField("temperature") else None,
     )
@@ -181,6 +227,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         tenant = require_tenant()
+        # Billing refuses usage with ids outside these rules: a turn answered with them would
+        # never be billed (its event dead-lettered), so they are refused before any model runs.
+        check_id("session_id", request.session_id)
+        check_id("turn_id", request.turn_id)
         turn = Turn(
             tenant_id=tenant,
             session_id=request.session_id,

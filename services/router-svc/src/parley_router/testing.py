@@ -38,6 +38,7 @@ TENANTS: dict[str, Any] = {
         "cheap": {"plan": "pro", "router": {"max_tier": "standard",
                                             "max_cost_usd_per_turn": 0.01}},
         "budget-refuse": {"plan": "pro"},
+        "budget-tiny": {"plan": "pro"},
         "budget-downgrade": {"plan": "pro", "router": {"on_budget_exceeded": "downgrade"}},
         "legacy": {"plan": "pro", "router": {"tiers": {"premium": ["claude-sonnet-4-5",
                                                                     "gemini-2.5-pro"]}}},

@@ -1,17 +1,23 @@
 """Usage records: one billing UsageEvent per provider call, through the shared recorder.
 
 The recorder never blocks and never raises into the turn (parley_runtime.usage); the
-idempotency key is derived from the turn id and the attempt number, so a retried shipment
-counts once.
+idempotency key is made once per provider call, when its event is made, from the call id the
+router generated for the StreamChat call and the attempt number: a re-shipped event counts
+once, and a caller reusing a turn id still pays for each call (the turn id stays in the key
+for attribution only).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import time
+import uuid
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.billing.v1 import billing_pb2
 from parley_runtime.catalog import ModelEntry
+from parley_runtime.ids import is_valid_id
 from parley_runtime.usage import UsageRecorder
 
 from .complexity import Tier
@@ -19,13 +25,30 @@ from .failover import AttemptReport
 from .providers.base import CallContext
 from .router import Turn
 
+logger = logging.getLogger(__name__)
+
 __all__ = ["DiscardingUsageRecorder", "RecorderUsageSink", "idempotency_key"]
 
 SERVICE = "router-svc"
 
 
-def idempotency_key(turn_id: str, attempt: int) -> str:
-    return f"{SERVICE}:llm:{turn_id}:{attempt}"
+# Longest caller-chosen part kept verbatim in a key; longer ones are hashed, so a key stays
+# well under billing's 200 printable characters (parley_runtime.ids.MAX_IDEMPOTENCY_KEY_LEN).
+_KEY_PART_MAX = 64
+
+
+def key_part(value: str) -> str:
+    """`value` as a piece of an idempotency key: itself when short and printable, else a
+    digest of it (attribution survives, the key's length and alphabet stay billing's)."""
+    if is_valid_id(value, _KEY_PART_MAX):
+        return value
+    return "h-" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def idempotency_key(turn_id: str, call_id: str, attempt: int) -> str:
+    """Key of one provider call: `call_id` is unique per StreamChat call (server-generated),
+    so it alone makes the key unique; `turn_id` only tells a reader which turn it was."""
+    return f"{SERVICE}:llm:{key_part(turn_id)}:{key_part(call_id)}:{attempt}"
 
 
 def _now() -> Timestamp:
@@ -65,7 +88,7 @@ class RecorderUsageSink:
         if usage is None:
             return
         event = billing_pb2.UsageEvent(
-            idempotency_key=idempotency_key(turn.turn_id, report.attempt),
+            idempotency_key=idempotency_key(turn.turn_id, turn.call_id, report.attempt),
             occurred_at=_now(),
             session_id=turn.session_id,
             service=SERVICE,
@@ -82,12 +105,23 @@ class RecorderUsageSink:
                 latency_ms=report.total_s * 1000.0,
             ),
         )
+        if usage.estimated:
+            # LlmUsage has no field to say so: the log keeps which records are estimates.
+            logger.info("usage of an early-ended call recorded with estimated counts",
+                        extra={"idempotency_key": event.idempotency_key,
+                               "outcome": report.outcome})
         self._recorder.record(turn.tenant_id, event)
 
     def record_cache_creation(self, ctx: CallContext, model: ModelEntry, tokens: int) -> None:
-        """An explicit Gemini cache was created: its tokens are billed as a cache write."""
+        """An explicit Gemini cache was created: its tokens are billed as a cache write.
+
+        Each creation is its own occurrence (a turn id a caller reuses, or a cache made again
+        after it expired, must not dedupe it away): the key gets a fresh id, made once here,
+        so re-shipping the spooled event still counts once.
+        """
+        key = f"{SERVICE}:gcache:{key_part(ctx.turn_id)}:{uuid.uuid4().hex}"
         event = billing_pb2.UsageEvent(
-            idempotency_key=f"{SERVICE}:gcache:{ctx.turn_id}:{model.model_id}",
+            idempotency_key=key,
             occurred_at=_now(),
             session_id=ctx.session_id,
             service=SERVICE,

@@ -288,6 +288,8 @@ class AnthropicProvider:
         http = response.http_response
         loads = orjson.loads
         usage = Usage(images=request.image_count)
+        if ctx.on_usage is not None:
+            ctx.on_usage(usage)  # filled in by message_start / message_delta below
         finish = FinishReason.STOP
         tool: dict[str, Any] | None = None
         tool_json: list[str] = []

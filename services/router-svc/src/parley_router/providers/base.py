@@ -118,6 +118,11 @@ class CallContext:
     # its caller the route while the model thinks. Optional for providers: without it the
     # route goes out right before the first output.
     on_sent: Callable[[], None] | None = None
+    # Called by the provider, when set, with its Usage of this call (the object it keeps
+    # updating) once its response has started: if the call then ends early (the caller
+    # leaves, the stream breaks) the router bills what it had counted. Optional for providers:
+    # without it an early-ended call is billed at the router's estimate.
+    on_usage: Callable[[Usage], None] | None = None
 
 
 class ChatProvider(Protocol):

@@ -393,7 +393,10 @@ class GeminiProvider:
         received = False
         try:
             async for chunk in stream:
-                received = True
+                if not received:
+                    received = True
+                    if ctx.on_usage is not None:  # the response started: the call is billed
+                        ctx.on_usage(usage)
                 meta = chunk.usage_metadata
                 if meta is not None:
                     usage.input_tokens = meta.prompt_token_count or usage.input_tokens
