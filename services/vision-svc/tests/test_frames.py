@@ -6,8 +6,14 @@ import io
 
 import numpy as np
 import pytest
-from parley_vision.frames import FrameDecoder, FrameRejected, PixelFormat, RawFrame
-from PIL import Image
+from parley_vision.frames import (
+    FrameDecoder,
+    FrameRejected,
+    PixelFormat,
+    RawFrame,
+    error_reason,
+)
+from PIL import Image, UnidentifiedImageError
 from vision_corpus import natural_image, rgb_to_i420
 
 pytestmark = pytest.mark.unit
@@ -101,8 +107,9 @@ def test_strided_planes_are_read_through_their_padding() -> None:
         (RawFrame(PixelFormat.RGBA, 640, 480, bytes(640 * 480 * 3)), "truncated RGBA"),
         (RawFrame(PixelFormat.RGB24, 640, 480, bytes(640 * 480 * 4)), "holds at most"),
         (RawFrame(PixelFormat.RGBA, 100_000, 100_000, b""), "above the limit"),
-        (RawFrame(PixelFormat.JPEG, 0, 0, b"\xff\xd8 not really"), "not a readable JPEG"),
-        (RawFrame(PixelFormat.JPEG, 0, 0, bytes(100)), "not a readable JPEG"),
+        (RawFrame(PixelFormat.JPEG, 0, 0, b"\xff\xd8 not really"),
+         "frame data is not a decodable JPEG: no JPEG image found"),
+        (RawFrame(PixelFormat.JPEG, 0, 0, bytes(100)), "not a decodable JPEG"),
     ],
 )
 def test_bad_frames_are_rejected_with_the_reason(raw: RawFrame, fragment: str) -> None:
@@ -110,6 +117,8 @@ def test_bad_frames_are_rejected_with_the_reason(raw: RawFrame, fragment: str) -
         FrameDecoder().inspect(raw)
     assert fragment in err.value.message
     assert err.value.code.name == "INVALID_ARGUMENT"
+    # Pillow's own text names its BytesIO (`<_io.BytesIO object at 0x...>`): not for callers.
+    assert " at 0x" not in err.value.message and "BytesIO" not in err.value.message
 
 
 def test_jpeg_errors_size_mismatch_truncation_and_bombs() -> None:
@@ -121,13 +130,25 @@ def test_jpeg_errors_size_mismatch_truncation_and_bombs() -> None:
     with pytest.raises(FrameRejected, match="JPEG is 320x240 but the frame says 640x480"):
         dec.inspect(RawFrame(PixelFormat.JPEG, 640, 480, data))
     layout = dec.inspect(RawFrame(PixelFormat.JPEG, 0, 0, data[: len(data) // 2]))
-    with pytest.raises(FrameRejected, match="could not be decoded"):
+    with pytest.raises(FrameRejected, match="not a decodable JPEG: image file is truncated"):
         dec.luma_cells(layout)
     # A tiny file declaring a huge picture is refused from its header, before decoding.
     big = io.BytesIO()
     Image.new("L", (4000, 4000)).save(big, "JPEG", quality=10)
     with pytest.raises(FrameRejected, match="above the limit"):
         dec.inspect(RawFrame(PixelFormat.JPEG, 0, 0, big.getvalue()))
+
+
+def test_error_reasons_drop_object_reprs_and_stay_short() -> None:
+    assert error_reason(OSError("broken data in <_io.BytesIO object at 0x7f5a14a143b0> here")) == (
+        "broken data in here"
+    )
+    assert error_reason(UnidentifiedImageError("cannot identify image file <x at 0x1>")) == (
+        "no JPEG image found in it (not a JPEG file, or its header is damaged)"
+    )
+    assert error_reason(OSError()) == "OSError"
+    long = error_reason(ValueError("x" * 500))
+    assert len(long) == 120 and long.endswith("...")
 
 
 def test_images_for_encoding_keep_the_colours() -> None:

@@ -85,6 +85,15 @@ def test_bad_frames_do_not_disturb_the_stream() -> None:
     assert sel.process(frame(5, 500, b)).kind is DecisionKind.KEEP
 
 
+def test_an_encoding_failure_becomes_a_clean_rejection() -> None:
+    sel = selector()
+    keep = sel.decide(frame(0, 0, i420(4)))
+    assert keep.kind is DecisionKind.KEEP
+    d = sel.fail_encoding(keep, OSError("encoder error -2 on <_io.BytesIO object at 0x7f00aa>"))
+    assert d.kind is DecisionKind.REJECTED and d.error_code == "INTERNAL"
+    assert d.error_message == "could not encode the kept frame: encoder error -2 on"
+
+
 def test_naive_baseline_counts_source_frames_not_sent_frames() -> None:
     a = i420(6)
     sel = TrackFrameSelector(config=VisionConfig(), kind=ContentKind.CAMERA, source_fps=30,

@@ -12,6 +12,7 @@ import pytest
 from parley.common.v1 import common_pb2
 from parley.vision.v1 import vision_pb2, vision_pb2_grpc
 from parley_runtime import context
+from parley_runtime.ids import MAX_ID_LEN, MAX_IDEMPOTENCY_KEY_LEN, is_valid_id
 from parley_runtime.server import GrpcServiceHost
 from parley_runtime.tenants import TenantRegistry
 from parley_runtime.testing import signed_channel, start_test_host
@@ -131,7 +132,10 @@ async def test_a_screen_share_stream_end_to_end(harness: Harness) -> None:
     events = [e for t, e in harness.usage.events if t == "acme"]
     assert len(events) == 3
     keys = [e.idempotency_key for e in events]
-    assert len(set(keys)) == 3 and all(k.startswith("vision-svc/sess-1/TR_screen/0/") for k in keys)
+    assert len(set(keys)) == 3
+    stream_id = keys[0].split("/")[3]
+    assert len(stream_id) == 32
+    assert keys == [f"vision-svc/sess-1/TR_screen/{stream_id}/{p}" for p in range(3)]
     assert sum(e.vision.frames_seen for e in events) == 90
     assert sum(e.vision.frames_kept for e in events) == 3
     assert sum(e.vision.naive_image_tokens for e in events) == 90 * 258
@@ -192,6 +196,9 @@ async def test_bad_frames_are_rejected_and_the_stream_goes_on(harness: Harness) 
     assert "unknown or unspecified" in d[4].error_message
     assert "above the limit" in d[5].error_message
     assert "empty ProcessFramesRequest" in d[7].error_message
+    # A JPEG Pillow cannot open: the reason, not Pillow's repr of its BytesIO.
+    assert d[6].error_message.startswith("frame data is not a decodable JPEG: no JPEG image")
+    assert " at 0x" not in d[6].error_message
     assert d[8].decision == vision_pb2.DECISION_DROP_DUPLICATE
     assert d[9].decision == vision_pb2.DECISION_KEEP  # a JPEG frame of another size
     assert "resolution changed" in d[9].reason
@@ -215,6 +222,67 @@ async def test_protocol_errors(harness: Harness, messages: list[Any], code: grpc
         await harness.run(messages)
     assert err.value.code() == code
     assert fragment in (err.value.details() or "")
+
+
+def billed_frames(events: list[Any]) -> int:
+    """Frames billing would count: it stores each idempotency key once."""
+    by_key = {e.idempotency_key: e.vision.frames_seen for e in events}
+    return sum(by_key.values())
+
+
+async def test_a_reconnected_stream_is_billed_as_a_new_stream(harness: Harness) -> None:
+    """A client that reconnects with the same session, track and timestamps from 0 (relative
+    capture times) sends a new stream: billing must count both."""
+    a = slide(5)
+    await harness.run([config()] + [frame(i, i * 33, a) for i in range(2)])
+    await harness.run([config()] + [frame(i, i * 33, a) for i in range(5)])
+    events = [e for t, e in harness.usage.events if t == "acme"]
+    assert [e.vision.frames_seen for e in events] == [2, 5]
+    assert billed_frames(events) == 7
+    assert all(is_valid_id(e.idempotency_key, MAX_IDEMPOTENCY_KEY_LEN) for e in events)
+
+
+async def test_longest_ids_give_keys_billing_accepts(harness: Harness) -> None:
+    session, track = "s" * MAX_ID_LEN, "t" * MAX_ID_LEN
+    cfg = config()
+    cfg.config.session_id, cfg.config.track_id = session, track
+    a = slide(6)
+    # Three periods of a second: each report's key differs, all within billing's limit.
+    await harness.run([cfg] + [frame(i, i * 500, a) for i in range(8)])
+    await harness.run([cfg] + [frame(0, 0, a)])
+    events = [e for t, e in harness.usage.events if t == "acme"]
+    keys = [e.idempotency_key for e in events]
+    assert len(events) >= 3 and len(set(keys)) == len(keys)
+    assert all(is_valid_id(k, MAX_IDEMPOTENCY_KEY_LEN) for k in keys), keys
+    assert all(e.session_id == session and e.vision.track_id == track for e in events)
+    assert billed_frames(events) == 9
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("session_id", "vision session x"),
+        ("session_id", "v\u00e9-x"),
+        ("session_id", "s" * (MAX_ID_LEN + 1)),
+        ("session_id", "tab\there"),
+        ("track_id", "cam 1"),
+        ("track_id", "x" * 256),
+    ],
+)
+async def test_ids_billing_would_refuse_are_invalid_argument(
+    harness: Harness, field: str, value: str
+) -> None:
+    """Session and track ids go into every usage event and its key: one billing refuses would
+    be answered here and its usage dead-lettered there."""
+    cfg = config()
+    setattr(cfg.config, field, value)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await harness.run([cfg, frame(0, 0, slide(7))])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = err.value.details() or ""
+    assert f"StreamConfig.{field} must be 1-{MAX_ID_LEN} printable ASCII" in details
+    assert value not in details  # a long value is not echoed back
+    assert harness.usage.events == []
 
 
 async def test_tenants(harness: Harness) -> None:

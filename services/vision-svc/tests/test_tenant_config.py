@@ -41,3 +41,16 @@ def test_stream_overrides_apply_within_bounds() -> None:
         base.with_overrides({"speaking_fps": 1000.0})
     with pytest.raises(InvalidArgument, match="hamming_threshold"):
         base.with_overrides({"hamming_threshold": -1})
+
+
+@pytest.mark.parametrize("model_id", ["gemini 2.5", "gémini", "-gemini", "m" * 129])
+def test_a_model_id_billing_would_refuse_fails_the_start_up(model_id: str) -> None:
+    """The model id goes into every usage event: one billing refuses would dead-letter all of
+    the tenant's vision usage."""
+    reg = TenantRegistry.from_dict({"tenants": {"acme": {"vision": {"model_id": model_id}}}})
+    with pytest.raises(ValueError, match="tenant 'acme'.*model_id"):
+        load_vision_configs(reg)
+    ok = TenantRegistry.from_dict(
+        {"tenants": {"acme": {"vision": {"model_id": "vertex:gemini-2.5-flash@001"}}}}
+    )
+    assert load_vision_configs(ok)["acme"].model_id == "vertex:gemini-2.5-flash@001"

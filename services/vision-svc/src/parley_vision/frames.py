@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -21,7 +22,7 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 from parley_runtime.errors import InvalidArgument
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from . import kernels
 
@@ -56,6 +57,33 @@ class PixelFormat(enum.Enum):
 
 class FrameRejected(InvalidArgument):
     """A frame that cannot be processed (size, strides, data, format); the stream continues."""
+
+
+# Pillow's messages name the stream it read from (`<_io.BytesIO object at 0x7f...>`): noise to
+# the caller, and an address of this process.
+_OBJECT_REPR_RE = re.compile(r"\s*<[^<>]*\bat 0x[0-9a-fA-F]+>")
+_MAX_REASON_LEN = 120
+
+
+def error_reason(exc: BaseException) -> str:
+    """A short, caller-safe reason for a decoder or encoder failure: Pillow's message without
+    object reprs, whitespace collapsed, at most _MAX_REASON_LEN characters."""
+    if isinstance(exc, UnidentifiedImageError):
+        # Its only content is "cannot identify image file <object repr>".
+        return "no JPEG image found in it (not a JPEG file, or its header is damaged)"
+    reason = " ".join(_OBJECT_REPR_RE.sub("", str(exc)).split())
+    if not reason:
+        return type(exc).__name__
+    if len(reason) > _MAX_REASON_LEN:
+        reason = reason[: _MAX_REASON_LEN - 3] + "..."
+    return reason
+
+
+def _not_a_jpeg(exc: BaseException) -> FrameRejected:
+    return FrameRejected(
+        f"frame data is not a decodable JPEG: {error_reason(exc)}; send a complete JPEG file "
+        "or raw pixels in another FrameFormat"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +217,7 @@ class FrameDecoder:
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 img = Image.open(io.BytesIO(frame.data), formats=("JPEG",))
         except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad frame
-            raise FrameRejected(f"data is not a readable JPEG: {exc}") from None
+            raise _not_a_jpeg(exc) from None
         w, h = img.size
         img.close()
         if (frame.width or frame.height) and (frame.width, frame.height) != (w, h):
@@ -228,7 +256,7 @@ class FrameDecoder:
                 img.draft("L", img.size)
                 gray = img.convert("L")
         except Exception as exc:  # noqa: BLE001 - a truncated/corrupt JPEG is a bad frame
-            raise FrameRejected(f"JPEG could not be decoded: {exc}") from None
+            raise _not_a_jpeg(exc) from None
         plane = np.asarray(gray)
         h, w = plane.shape
         if (w, h) != (layout.width, layout.height):
@@ -274,7 +302,7 @@ class FrameDecoder:
                     img.draft("RGB", size)
                     rgb = img.convert("RGB")
             except Exception as exc:  # noqa: BLE001
-                raise FrameRejected(f"JPEG could not be decoded: {exc}") from None
+                raise _not_a_jpeg(exc) from None
         else:
             mode, raw = {
                 PixelFormat.RGBA: ("RGBA", "RGBA"),

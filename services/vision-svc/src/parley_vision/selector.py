@@ -14,7 +14,7 @@ from parley_runtime.errors import ParleyError
 
 from .dedup import ChangeReport, ContentKind, FrameDeduplicator, is_still
 from .encode import EncodedFrame, KeptFrameEncoder, estimate_image_tokens, fit_size
-from .frames import FloatArray, FrameDecoder, FrameLayout, RawFrame
+from .frames import FloatArray, FrameDecoder, FrameLayout, RawFrame, error_reason
 from .phash import FrameSignature, compute_signature
 from .rate import AdaptiveRateGate, StreamClock
 from .stats import FrameStats
@@ -279,7 +279,10 @@ class TrackFrameSelector:
 
     def fail_encoding(self, decision: FrameDecision, exc: Exception) -> FrameDecision:
         """A keep whose image could not be produced becomes a rejection."""
-        err = exc if isinstance(exc, ParleyError) else ParleyError(f"could not encode: {exc}")
+        err = (
+            exc if isinstance(exc, ParleyError)
+            else ParleyError(f"could not encode the kept frame: {error_reason(exc)}")
+        )
         return self._reject_decided(decision.sequence, decision.timestamp_us, err)
 
     def process(self, frame: FrameInput) -> FrameDecision:

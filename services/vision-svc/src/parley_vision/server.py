@@ -19,6 +19,7 @@ from parley.common.v1 import common_pb2
 from parley.vision.v1 import vision_pb2, vision_pb2_grpc
 from parley_runtime.context import require_tenant
 from parley_runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from parley_runtime.ids import check_id
 from parley_runtime.tenants import TenantRegistry
 from parley_runtime.usage import UsageRecorder
 
@@ -57,7 +58,6 @@ _OVERRIDABLE = (
     "jpeg_quality",
     "max_image_side",
 )
-_MAX_ID_LEN = 256
 _FRAME_COUNTERS = {k: FRAMES.labels(k.value) for k in DecisionKind}
 _SENT_TOKENS = IMAGE_TOKENS.labels("sent")
 _NAIVE_TOKENS = IMAGE_TOKENS.labels("naive")
@@ -123,10 +123,12 @@ def decision_to_proto(d: FrameDecision, source_ref: str) -> vision_pb2.FrameDeci
 
 
 def _check_id(name: str, value: str) -> str:
-    if not value:
-        raise InvalidArgument(f"StreamConfig.{name} is required")
-    if len(value) > _MAX_ID_LEN or not value.isprintable():
-        raise InvalidArgument(f"StreamConfig.{name} must be printable, at most 256 characters")
+    """`value` if billing would accept it as an id; INVALID_ARGUMENT naming the field if not.
+
+    Session and track ids go into every usage event and its idempotency key: one billing
+    refuses would be answered here and then dead-lettered by billing, its usage lost.
+    """
+    check_id(f"StreamConfig.{name}", value, required=True)
     return value
 
 
@@ -154,7 +156,7 @@ class _StreamEnd:
         self._done = True
         s = self._selector.stats
         try:
-            self._reporter.final(s, self._selector.first_timestamp_us)
+            self._reporter.final(s)
         finally:
             _NAIVE_TOKENS.inc(s.naive_image_tokens)
             self._book.stream_ended(self._tenant_id)
@@ -267,7 +269,10 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         )
         source_ref = f"vision:{session_id}/{track_id}"
         loop = asyncio.get_running_loop()
-        log_extra = {"session_id": session_id, "track_id": track_id, "source": kind.value}
+        log_extra = {
+            "session_id": session_id, "track_id": track_id, "stream_id": reporter.stream_id,
+            "source": kind.value,
+        }
         ended = _StreamEnd(self.stats, tenant_id, selector, reporter, log_extra)
         # A client that cancels while a response is being written leaves this generator
         # suspended at its `yield`: the RPC's done callback still closes the books.
@@ -319,10 +324,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
                         decision = selector.commit(decision, encoded)
                         _SENT_TOKENS.inc(encoded.estimated_image_tokens)
                 _FRAME_COUNTERS[decision.kind].inc()
-                if selector.first_timestamp_us is not None:
-                    reporter.maybe_report(
-                        selector.stats, decision.stream_time_us, selector.first_timestamp_us
-                    )
+                reporter.maybe_report(selector.stats, decision.stream_time_us)
                 yield vision_pb2.ProcessFramesResponse(
                     decision=decision_to_proto(decision, source_ref)
                 )

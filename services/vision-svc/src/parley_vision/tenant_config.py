@@ -19,8 +19,13 @@ class VisionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = True
-    # Model the kept frames are priced against (billing's VisionUsage.model_id).
-    model_id: str = Field(default="gemini-2.5-flash", min_length=1, max_length=128)
+    # Model the kept frames are priced against (billing's VisionUsage.model_id). It goes into
+    # every usage event, so it follows billing's rule for names: a model id billing refuses
+    # would dead-letter all of the tenant's vision usage, so it fails the start-up instead.
+    model_id: str = Field(
+        default="gemini-2.5-flash", min_length=1, max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]*$",
+    )
     # Maximum kept frames per second while the participant speaks / is silent (seed: 30 / 5).
     speaking_fps: float = Field(default=30.0, ge=0.1, le=60.0)
     idle_fps: float = Field(default=5.0, ge=0.0, le=60.0)

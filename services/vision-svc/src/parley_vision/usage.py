@@ -1,21 +1,43 @@
 """VisionUsage events for billing-svc: one per period of a stream and one when it ends.
 
-Idempotency keys are derived from the session, the track, the stream's first capture timestamp
-and the period number, so a retried delivery of the same report counts once while a reconnected
-stream of the same track (a new first timestamp) is billed separately.
+Idempotency keys name the session, the track, a stream id this service draws for each
+ProcessFrames stream, and the period number. Billing counts a key once, so the key must differ
+between streams yet stay the same for every delivery of one report: the stream id is random
+(a client reconnecting with the same session, track and timestamps from 0 is a new stream, not
+a repeat), and the key is built when the event is made, so the usage spool re-sends it unchanged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
+import uuid
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from parley.billing.v1 import billing_pb2
+from parley_runtime.ids import MAX_IDEMPOTENCY_KEY_LEN, is_valid_id
 from parley_runtime.usage import UsageRecorder
 
 from .stats import FrameStats
 
 SERVICE = "vision-svc"
+# Room left in a key for the period number (a 20-digit period is never reached).
+_PERIOD_DIGITS = 20
+
+
+def key_prefix(session_id: str, track_id: str, stream_id: str) -> str:
+    """`vision-svc/<session>/<track>/<stream>/`, the start of every key of one stream.
+
+    Session and track ids of up to 128 characters each can make it longer than billing's 200
+    characters; then they are replaced by a digest of the pair (the random stream id alone keeps
+    keys of different streams apart; the readable ids are only there for people reading the
+    ledger).
+    """
+    readable = f"{SERVICE}/{session_id}/{track_id}/{stream_id}/"
+    if is_valid_id(readable + "9" * _PERIOD_DIGITS, MAX_IDEMPOTENCY_KEY_LEN):
+        return readable
+    digest = hashlib.sha256(f"{session_id}\0{track_id}".encode()).hexdigest()[:32]
+    return f"{SERVICE}/h-{digest}/{stream_id}/"
 
 
 class VisionUsageReporter:
@@ -33,6 +55,9 @@ class VisionUsageReporter:
         model_id: str,
         period_us: int,
     ) -> None:
+        # One per stream, never reused: see the module docstring.
+        self.stream_id = uuid.uuid4().hex
+        self._key_prefix = key_prefix(session_id, track_id, self.stream_id)
         self._recorder = recorder
         self._tenant_id = tenant_id
         self._session_id = session_id
@@ -45,28 +70,24 @@ class VisionUsageReporter:
         self._period_start_us: int | None = None
         self.events_sent = 0
 
-    def maybe_report(self, stats: FrameStats, stream_time_us: int, first_timestamp_us: int) -> None:
+    def maybe_report(self, stats: FrameStats, stream_time_us: int) -> None:
         """Report the delta if a period of stream time has passed since the last report."""
         if self._period_start_us is None:
             self._period_start_us = stream_time_us
             return
         if self._period_us > 0 and stream_time_us - self._period_start_us >= self._period_us:
-            self._send(stats, first_timestamp_us)
+            self._send(stats)
             self._period_start_us = stream_time_us
 
-    def final(self, stats: FrameStats, first_timestamp_us: int | None) -> None:
+    def final(self, stats: FrameStats) -> None:
         """Report whatever was not reported yet (nothing if the stream saw no frame)."""
-        if first_timestamp_us is None:
-            return
-        self._send(stats, first_timestamp_us)
+        self._send(stats)
 
-    def _send(self, stats: FrameStats, first_timestamp_us: int) -> None:
+    def _send(self, stats: FrameStats) -> None:
         delta = stats.minus(self._reported)
         if delta.frames_seen == 0:
             return
-        key = (
-            f"{SERVICE}/{self._session_id}/{self._track_id}/{first_timestamp_us}/{self._period}"
-        )
+        key = f"{self._key_prefix}{self._period}"
         occurred = Timestamp()
         occurred.FromNanoseconds(time.time_ns())
         event = billing_pb2.UsageEvent(
