@@ -343,3 +343,52 @@ def quantity(q: Any) -> Decimal:
         if s.endswith(suffix):
             return Decimal(s[: -len(suffix)]) * Decimal(units[suffix])
     return Decimal(s)
+
+
+# --- capacity ------------------------------------------------------------------------------------
+
+# A pod whose grace period is longer than this drains for longer than a rollout step takes, so at
+# full scale every replaced pod may still count against the quota while its replacement runs.
+LONG_DRAIN_S = 60
+
+
+def rollout_peak(render: Render) -> dict[str, Decimal]:
+    """Requests, limits and pods of the release at the peak of a rolling update at full scale.
+
+    Each workload at its maximum (the autoscaler's maxReplicas, else its replicas) plus its
+    surge (maxSurge, rounded up as Kubernetes does), or twice its maximum when its pods drain
+    longer than LONG_DRAIN_S (the Deployment controller does not wait for terminating pods,
+    which count against the quota until they are gone); plus one run of each database Job.
+    """
+    import math
+
+    maxima = {
+        s["spec"]["scaleTargetRef"]["name"]: s["spec"].get(
+            "maxReplicas", s["spec"].get("maxReplicaCount")
+        )
+        for s in render.kind("HorizontalPodAutoscaler") + render.kind("ScaledObject")
+    }
+    total = {
+        k: Decimal(0)
+        for k in ("requests.cpu", "requests.memory", "limits.cpu", "limits.memory", "pods")
+    }
+
+    def add(pod: dict[str, Any], n: int) -> None:
+        for c in pod["containers"]:
+            for k in ("cpu", "memory"):
+                total[f"requests.{k}"] += n * quantity(c["resources"]["requests"][k])
+                total[f"limits.{k}"] += n * quantity(c["resources"]["limits"][k])
+        total["pods"] += n
+
+    for w in render.workloads():
+        n = maxima.get(w["metadata"]["name"], w["spec"].get("replicas"))
+        assert n is not None, w["metadata"]["name"]
+        strategy = w["spec"]["strategy"]
+        surge = (strategy.get("rollingUpdate") or strategy.get("canary") or {})["maxSurge"]
+        surge = math.ceil(n * int(str(surge).rstrip("%")) / 100) if "%" in str(surge) else surge
+        pod = w["spec"]["template"]["spec"]
+        add(pod, 2 * n if pod["terminationGracePeriodSeconds"] > LONG_DRAIN_S else n + surge)
+    for job in render.kind("Job") + render.kind("CronJob"):
+        spec = job["spec"] if job["kind"] == "Job" else job["spec"]["jobTemplate"]["spec"]
+        add(spec["template"]["spec"], 1)
+    return total

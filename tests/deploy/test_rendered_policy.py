@@ -10,8 +10,10 @@ and every pair of this release's pods.
 from __future__ import annotations
 
 import math
+import os
 import re
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,12 +22,16 @@ from deploy_support import (
     AGENT_ANALYSIS_METRICS,
     KUBE_STATE_METRICS,
     PARLEY_METRICS,
+    ROOT,
+    Example,
+    Helm,
     NetworkModel,
     Pod,
     Render,
     ns_labels,
     quantity,
     release_pods,
+    rollout_peak,
     selector_matches,
 )
 
@@ -260,7 +266,8 @@ def test_grpc_services_accept_only_their_callers(rendered: Render) -> None:
         expected = {c["serviceName"] for c in comps.values() if name in c["dependsOn"]}
         allowed = set(yaml.safe_load(env["PARLEY_AUTH_ALLOWED_CALLERS"]))
         assert expected <= allowed
-        assert allowed - expected == set(cv["extraAllowedCallers"])
+        extra = set(cv["extraAllowedCallers"]) | set(cv["operatorCallers"]["callers"])
+        assert allowed - expected == extra - expected
         assert "agent-worker" in allowed
 
 
@@ -428,31 +435,28 @@ def _livekit_public(values: dict[str, Any]) -> bool:
 # --- capacity -----------------------------------------------------------------------------------
 
 
-def test_quota_fits_every_component_at_max_scale(rendered: Render) -> None:
+def test_quota_fits_a_rolling_update_at_max_scale(rendered: Render) -> None:
+    """A pod the quota refuses stalls a rollout (maxUnavailable 0): the quota holds every
+    workload at max scale with its surge, the agent's draining workers and the database Jobs."""
     quotas = rendered.kind("ResourceQuota")
     if not rendered.values["namespaceResources"]["resourceQuota"]["enabled"]:
         assert not quotas
         return
     hard = quotas[0]["spec"]["hard"]
-    totals = {
-        "requests.cpu": Decimal(0),
-        "requests.memory": Decimal(0),
-        "limits.cpu": Decimal(0),
-        "limits.memory": Decimal(0),
-        "pods": Decimal(0),
-    }
-    for w, c in containers(rendered):
-        cv = component_values(rendered, w)
-        n = cv["autoscaling"]["maxReplicas"] if cv["autoscaling"]["enabled"] else cv["replicas"]
-        if w["metadata"]["name"].endswith("-canary"):
-            n = w["spec"]["replicas"]
-        for k in ("cpu", "memory"):
-            totals[f"requests.{k}"] += n * quantity(c["resources"]["requests"][k])
-            totals[f"limits.{k}"] += n * quantity(c["resources"]["limits"][k])
-        totals["pods"] += n
-    for key, total in totals.items():
+    for key, total in rollout_peak(rendered).items():
         assert quantity(hard[key]) >= total, (key, hard[key], total)
     assert hard["services.loadbalancers"] == "0" and hard["services.nodeports"] == "0"
+
+
+def test_rollout_peak_counts_surge_and_drains(helm: Helm) -> None:
+    """The sizing rule itself: at the defaults the old quota (40 CPU requested) had room for
+    every component at maxReplicas (39.6 CPU) but not for one surge pod more."""
+    render = helm.render(Example.load("values-defaults.yaml"))
+    peak = rollout_peak(render)
+    # router 13, vision 13, kb 8, billing 8 (max + 25 % surge), agent 2 x 30, 3 Job pods.
+    assert peak["pods"] == 13 + 13 + 8 + 8 + 60 + 3
+    assert peak["requests.cpu"] == Decimal("72.85")
+    assert peak["requests.cpu"] > 40
 
 
 def test_limit_range_admits_every_container(rendered: Render) -> None:
@@ -545,6 +549,14 @@ def test_queries_use_only_exported_metrics(rendered: Render) -> None:
 # --- canaries -----------------------------------------------------------------------------------
 
 
+def expected_canary(total: int, weight: int) -> int:
+    """The canary's pods in a pair: its share rounded up, but while 0 < weight < 100 each track
+    keeps at least one pod."""
+    if weight <= 0 or weight >= 100:
+        return total if weight >= 100 else 0
+    return min(total - 1, max(1, math.ceil(total * weight / 100)))
+
+
 def test_canaries(rendered: Render) -> None:
     comps = rendered.values["components"]
     for name, c in comps.items():
@@ -584,7 +596,7 @@ def test_canaries(rendered: Render) -> None:
             base = c["autoscaling"]["minReplicas"] if c["autoscaling"]["enabled"] else c["replicas"]
             weight = c["canary"]["pair"]["weight"]
             n_canary = by_track["canary"]["spec"]["replicas"]
-            assert n_canary == math.ceil(base * weight / 100)
+            assert n_canary == expected_canary(base, weight)
             if c["autoscaling"]["enabled"]:
                 # The autoscaler scales the stable track; the pair still starts at minReplicas.
                 hpa = next(
@@ -604,3 +616,225 @@ def test_canaries(rendered: Render) -> None:
             assert stable_img != canary_img
             override = c["canary"]["pair"]["image"]
             assert canary_img.endswith(override["digest"] or override["tag"])
+
+
+def render_with(
+    helm: Helm, tmp_path: Path, values: dict[str, Any], base: str = "values-acme.yaml"
+) -> Render:
+    example = Example.load(base)
+    path = tmp_path / "override.yaml"
+    path.write_text(yaml.safe_dump(values))
+    out = helm.run(
+        *helm.template_args(
+            [example.path, path], release=example.release, namespace=example.namespace
+        )
+    ).stdout
+    return Render(example, [d for d in yaml.safe_load_all(out) if d])
+
+
+def pair_replicas(render: Render, component: str) -> dict[str, int | None]:
+    return {
+        w["metadata"]["labels"]["parley.dev/track"]: w["spec"].get("replicas")
+        for w in render.workloads()
+        if w["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    }
+
+
+@pytest.mark.parametrize(
+    ("replicas", "weight", "stable", "canary"),
+    [
+        (2, 10, 1, 1),  # coarse, but the stable track keeps a pod
+        (4, 10, 3, 1),
+        (4, 95, 1, 3),  # ceil(3.8) = 4 would leave no stable pod
+        (10, 25, 7, 3),
+        (3, 100, 0, 3),  # everything on the canary, on purpose
+        (3, 0, 3, 0),
+    ],
+)
+def test_pair_split_keeps_a_pod_on_each_track(
+    helm: Helm, tmp_path: Path, replicas: int, weight: int, stable: int, canary: int
+) -> None:
+    values = {
+        "components": {
+            "billing": {
+                "replicas": replicas,
+                "autoscaling": {"enabled": False},
+                "canary": {"strategy": "pair", "pair": {"weight": weight, "image": {"tag": "2"}}},
+            }
+        }
+    }
+    render = render_with(helm, tmp_path, values)
+    assert pair_replicas(render, "billing") == {"stable": stable, "canary": canary}
+    assert canary == expected_canary(replicas, weight)
+
+
+def test_autoscaled_pair_split_keeps_a_stable_pod(helm: Helm, tmp_path: Path) -> None:
+    values = {
+        "components": {
+            "billing": {
+                "autoscaling": {"minReplicas": 2, "maxReplicas": 6},
+                "canary": {"strategy": "pair", "pair": {"weight": 90, "image": {"tag": "2"}}},
+            }
+        }
+    }
+    render = render_with(helm, tmp_path, values)
+    assert pair_replicas(render, "billing") == {"stable": None, "canary": 1}
+    hpa = render.get("HorizontalPodAutoscaler", "parley-acme-billing")
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 5)
+
+
+def _pod_names(workload: str, hashes: list[str]) -> list[str]:
+    """Pod names the API server generates for a Deployment's ReplicaSets: <rs>-<5 random>,
+    the base cut to 58 characters (names.SimpleNameGenerator)."""
+    return [f"{workload}-{h}-"[:58] + "x7k2b" for h in hashes]
+
+
+def test_keda_stable_query_excludes_the_canary_track(helm: Helm, tmp_path: Path) -> None:
+    """KEDA scales the stable Deployment only: its query must not count the canary's pods
+    (nor the database Jobs' pods), or the stable track is sized for both."""
+    values = {
+        "components": {
+            "router": {"canary": {"strategy": "pair", "pair": {"image": {"tag": "2"}}}},
+            "kb": {
+                "autoscaling": {
+                    "engine": "keda",
+                    "metric": {"name": "parley_grpc_server_in_flight", "type": "gauge"},
+                },
+                "canary": {"strategy": "pair", "pair": {"image": {"tag": "2"}}},
+            },
+        }
+    }
+    hashes = ["7d9f8b6c5d", "59b7f4c6d8", "6c5d4", "b"]
+    for release in ("parley-acme", "parley-tenant-acme-corporation-production-eu-west1-b"):
+        example = Example.load("values-acme.yaml")
+        path = tmp_path / "override.yaml"
+        path.write_text(yaml.safe_dump(values))
+        out = helm.run(
+            *helm.template_args([example.path, path], release=release, namespace="tenant-acme")
+        ).stdout
+        render = Render(example, [d for d in yaml.safe_load_all(out) if d])
+        for so in render.kind("ScaledObject"):
+            target = so["spec"]["scaleTargetRef"]["name"]
+            (trigger,) = [t for t in so["spec"]["triggers"] if t["type"] == "prometheus"]
+            pattern = re.search(r'pod=~"([^"]+)"', trigger["metadata"]["query"])
+            assert pattern, trigger["metadata"]["query"]
+            selects = re.compile(pattern.group(1))  # PromQL regexes are anchored
+            for pod in _pod_names(target, hashes):
+                assert selects.fullmatch(pod), (pattern.group(1), pod)
+            for other in (f"{target}-canary", f"{target}-migrate", f"{target}-tune-search"):
+                for pod in _pod_names(other, hashes):
+                    assert not selects.fullmatch(pod), (pattern.group(1), pod)
+
+
+def test_usage_spool_fits_in_tmp(rendered: Render) -> None:
+    """Every process that ships usage caps its spool so that all of them together fill at
+    most half of the pod's /tmp: a billing outage refuses new events instead of getting the pod
+    evicted (and its unsent usage deleted) at tmpSizeLimit."""
+    for w in rendered.workloads():
+        cv = component_values(rendered, w)
+        env = rendered.config_env(w)
+        tmp = next(
+            v["emptyDir"]["sizeLimit"]
+            for v in w["spec"]["template"]["spec"]["volumes"]
+            if v["name"] == "tmp"
+        )
+        if "BILLING_ADDR" not in env:
+            # billing-svc itself: nothing to ship, no spool.
+            assert "PARLEY_USAGE_SPOOL_MAX_BYTES" not in env
+            continue
+        cap = int(env["PARLEY_USAGE_SPOOL_MAX_BYTES"])
+        processes = cv["usageSpool"]["processes"]
+        if cv["usageSpool"]["processesEnv"] in env:
+            processes = int(env[cv["usageSpool"]["processesEnv"]])
+        assert cap * processes <= quantity(tmp) / 2, (w["metadata"]["name"], cap, tmp)
+        assert cap >= 2**20
+    agent = next(w for w in rendered.workloads() if component_values(rendered, w)["livekit"])
+    # One spool per job process, i.e. per session: the worker's cap on sessions.
+    assert component_values(rendered, agent)["usageSpool"]["processesEnv"] == (
+        "PARLEY_AGENT_MAX_SESSIONS"
+    )
+
+
+def test_usage_spool_follows_the_sessions_cap_and_overrides(helm: Helm, tmp_path: Path) -> None:
+    values = {
+        "components": {
+            "agent": {"env": {"PARLEY_AGENT_MAX_SESSIONS": "20"}},
+            "router": {"usageSpool": {"maxBytes": 10_000_000}},
+            "kb": {"env": {"PARLEY_USAGE_SPOOL_MAX_BYTES": "123"}},
+            "vision": {"tmpSizeLimit": 64 * 2**20},  # a plain number of bytes
+        }
+    }
+    render = render_with(helm, tmp_path, values)
+    env = {
+        w["metadata"]["labels"]["app.kubernetes.io/component"]: render.config_env(w)
+        for w in render.workloads()
+    }
+    assert int(env["agent"]["PARLEY_USAGE_SPOOL_MAX_BYTES"]) == 2**30 // 2 // 20
+    assert env["router"]["PARLEY_USAGE_SPOOL_MAX_BYTES"] == "10000000"
+    assert env["kb"]["PARLEY_USAGE_SPOOL_MAX_BYTES"] == "123"  # the component's env wins
+    assert int(env["vision"]["PARLEY_USAGE_SPOOL_MAX_BYTES"]) == 64 * 2**20 // 2
+
+
+def test_usage_spool_env_is_the_runtimes() -> None:
+    """The variable the chart sets is the one parley_runtime reads."""
+    from parley_runtime.usage import UsageClientSettings
+
+    old = os.environ.get("PARLEY_USAGE_SPOOL_MAX_BYTES")
+    os.environ["PARLEY_USAGE_SPOOL_MAX_BYTES"] = "33554432"
+    try:
+        assert UsageClientSettings().spool_max_bytes == 33554432
+    finally:
+        if old is None:
+            del os.environ["PARLEY_USAGE_SPOOL_MAX_BYTES"]
+        else:
+            os.environ["PARLEY_USAGE_SPOOL_MAX_BYTES"] = old
+
+
+def test_agent_name_is_unique_per_release(helm: Helm, tmp_path: Path) -> None:
+    """Workers of different releases on one LiveKit server must not share an agent name (the
+    worker's default, parley-agent), or each takes the other's sessions."""
+    names = set()
+    for example in ("values-acme.yaml", "values-pool.yaml", "values-defaults.yaml"):
+        render = helm.render(Example.load(example))
+        (agent,) = [w for w in render.workloads() if "LIVEKIT_URL" in render.config_env(w)]
+        name = render.config_env(agent)["PARLEY_AGENT_NAME"]
+        fullname = render.get("Service", f"{render.example.release}-router")["metadata"]["name"]
+        assert name == f"{fullname.removesuffix('-router')}.{render.example.namespace}"
+        names.add(name)
+    assert len(names) == 3
+    render = render_with(helm, tmp_path, {"livekit": {"agentName": "acme-voice"}})
+    (agent,) = [w for w in render.workloads() if "LIVEKIT_URL" in render.config_env(w)]
+    assert render.config_env(agent)["PARLEY_AGENT_NAME"] == "acme-voice"
+    # ... which is the variable the worker registers under.
+    config = (ROOT / "services/agent-worker/src/parley_agent/config.py").read_text()
+    assert re.search(r"agent_name: str = Field\([^)]*\"PARLEY_AGENT_NAME\"", config, re.S)
+
+
+def test_kb_operator_tokens_pass_the_verifier(rendered: Render) -> None:
+    """kb's operator endpoints accept only PARLEY_KB_OPERATOR_CALLERS, but the admin API
+    verifies every token against PARLEY_AUTH_ALLOWED_CALLERS first: with the rendered env an
+    operator token (signed with kb-svc's own key, the documented path) gets through both."""
+    from parley_runtime.auth import TokenSigner, TokenVerifier
+
+    (kb,) = [
+        w
+        for w in rendered.workloads()
+        if w["metadata"]["labels"]["app.kubernetes.io/component"] == "kb"
+        and w["metadata"]["labels"].get("parley.dev/track", "stable") == "stable"
+    ]
+    env = rendered.config_env(kb)
+    operators = yaml.safe_load(env["PARLEY_KB_OPERATOR_CALLERS"])
+    # The chart's default is kb-svc's own (its README's operator path).
+    from parley_kb.config import Settings
+
+    default = Settings.model_fields["kb_operator_callers"].get_default(call_default_factory=True)
+    assert operators == default == ["kb-svc"]
+    allowed = yaml.safe_load(env["PARLEY_AUTH_ALLOWED_CALLERS"])
+    keys = {"kb-svc": "s" * 32, "agent-worker": "a" * 32}
+    verifier = TokenVerifier(keys=keys, audience="kb-svc", allowed_callers=allowed)
+    for operator in operators:
+        if operator in keys:
+            token = TokenSigner(service=operator, kid=operator, secret=keys[operator]).token(
+                tenant=None, audience="kb-svc"
+            )
+            assert verifier.verify(token).service in operators

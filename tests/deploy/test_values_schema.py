@@ -155,10 +155,49 @@ def test_open_egress_is_rejected(helm: Helm, tmp_path: Path) -> None:
             'no port named "admin"',
         ),
         ({"redis": {"url": "", "secretRef": {"name": ""}}}, "redis: set url or secretRef.name"),
+        # The default-deny NetworkPolicy would drop every span.
         (
-            {"fullnameOverride": "parley-with-a-very-long-release-name-for-acme-corporation"},
-            "longer than 56 characters",
+            {"otel": {"endpoint": "http://otel-collector.observability:4317", "egress": []}},
+            "otel.endpoint is set but otel.egress is empty",
         ),
+        # A "10 %" canary of one replica would take the only stable pod.
+        (
+            {
+                "components": {
+                    "billing": {
+                        "replicas": 1,
+                        "autoscaling": {"enabled": False},
+                        "canary": {
+                            "strategy": "pair",
+                            "pair": {"weight": 10, "image": {"tag": "0.2.0"}},
+                        },
+                    }
+                }
+            },
+            "components.billing.canary.pair.weight 10 needs at least 2 replicas",
+        ),
+        (
+            {
+                "components": {
+                    "kb": {
+                        "autoscaling": {"minReplicas": 1},
+                        "canary": {"strategy": "pair", "pair": {"weight": 50}},
+                    }
+                }
+            },
+            "raise autoscaling.minReplicas to 2",
+        ),
+        # KEDA could not tell the canary's pods (names cut to "<name>-c...") from the stable's.
+        (
+            {
+                "fullnameOverride": "parley-acme-corporation-eu-west-production-123456",
+                "components": {"router": {"canary": {"strategy": "pair"}}},
+            },
+            "is 56 characters long",
+        ),
+        # The usage spool's share of a tiny /tmp would be useless.
+        ({"components": {"agent": {"tmpSizeLimit": "16Mi"}}}, "under 1Mi: raise tmpSizeLimit"),
+        ({"components": {"router": {"tmpSizeLimit": "64mb"}}}, "/components/router/tmpSizeLimit"),
     ],
 )
 def test_inconsistent_values_fail_with_a_message(
@@ -195,3 +234,27 @@ def test_schema_is_strict_everywhere() -> None:
 def test_every_default_is_described_by_the_schema(helm: Helm) -> None:
     """values.yaml itself passes the schema (with the one required value set)."""
     helm.run(*helm.template_args([], sets=["tenant.id=demo"]))
+
+
+def test_documented_pdb_override_lints_and_renders(helm: Helm, tmp_path: Path) -> None:
+    """minAvailable, when set, replaces the default maxUnavailable. helm lint keeps a default
+    that the user's values set to null (helm template drops it), so the chart cannot ask for
+    one of the two to be null: it picks minAvailable, and both forms lint and render alike."""
+    for pdb in ({"minAvailable": 1, "maxUnavailable": None}, {"minAvailable": 1}):
+        path = tmp_path / "pdb.yaml"
+        path.write_text(yaml.safe_dump({"components": {"billing": {"pdb": pdb}}}))
+        lint = helm.run(
+            "lint", "--strict", str(CHART), "-f", str(ACME), "-f", str(path),
+            "--kube-version", "1.34.0", check=False,
+        )  # fmt: skip
+        assert lint.returncode == 0, lint.stdout + lint.stderr
+        out = helm.run(*helm.template_args([ACME, path])).stdout
+        (rendered,) = [
+            d
+            for d in yaml.safe_load_all(out)
+            if d
+            and d["kind"] == "PodDisruptionBudget"
+            and d["metadata"]["name"].endswith("-billing")
+        ]
+        assert rendered["spec"]["minAvailable"] == 1, pdb
+        assert "maxUnavailable" not in rendered["spec"], pdb

@@ -6,14 +6,12 @@ autoscaler or component NetworkPolicy selects them; their own NetworkPolicy allo
 PostgreSQL only, and nothing in.
 */}}
 
-{{/* <fullname>-<component><suffix>, refused above `max` characters (Job names become a label
-value: 63; a CronJob's Jobs get an 11-character suffix: 52). Args: dict root, name, suffix, max. */}}
+{{/* <fullname>-<component><suffix>, shortened (parley.shortName) to `max` characters: Job
+names become a label value (63); a CronJob's Jobs get an 11-character suffix (52). Args: dict
+root, name, suffix, max. */}}
 {{- define "parley.jobObjectName" -}}
 {{- $n := printf "%s%s" (include "parley.componentName" (dict "root" .root "name" .name)) .suffix -}}
-{{- if gt (len $n) (int .max) -}}
-{{- fail (printf "object name %q is longer than %d characters: use a shorter release name or fullnameOverride" $n (int .max)) -}}
-{{- end -}}
-{{- $n -}}
+{{- include "parley.shortName" (dict "name" $n "max" .max) -}}
 {{- end -}}
 
 {{/* Objects shared by the migration Jobs (ServiceAccount, NetworkPolicy, tenants ConfigMap). */}}
@@ -97,9 +95,9 @@ No PARLEY_AUTH_KEYS: the Jobs call no service. Args: dict root, c, appDsn. */}}
 {{- end }}
 {{- end -}}
 
-{{/* Pod template of a database Job. Args: dict root, name (component), c, label (the pods'
-app.kubernetes.io/component), container, args, configMap, serviceAccount, tenantsConfigMap,
-appDsn, job (migrations or kbTuneSearch values). */}}
+{{/* Pod template of a database Job. Args: dict root, name (component), c, image, label (the
+pods' app.kubernetes.io/component), container, args, configMap, serviceAccount,
+tenantsConfigMap, appDsn, job (migrations or kbTuneSearch values). */}}
 {{- define "parley.jobPodTemplate" -}}
 {{- $root := .root -}}
 {{- $v := $root.Values -}}
@@ -129,7 +127,7 @@ spec:
     {{- include "parley.podSecurityContext" $root | nindent 4 }}
   containers:
     - name: {{ .container }}
-      image: {{ include "parley.imageRef" (dict "root" $root "image" $c.image) }}
+      image: {{ include "parley.imageRef" (dict "root" $root "image" .image) }}
       imagePullPolicy: {{ $v.global.image.pullPolicy }}
       {{- with $c.command }}
       command:

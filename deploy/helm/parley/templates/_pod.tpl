@@ -26,9 +26,13 @@ A component's environment and pod template. Args for all: dict "root" $ "name" <
 {{- range $caller := include "parley.callers" . | fromJsonArray -}}
 {{- $callers = append $callers (index $v.components $caller).serviceName -}}
 {{- end -}}
-{{- $callers = concat $callers $c.extraAllowedCallers | uniq | sortAlpha -}}
+{{- /* The operators' tokens pass the same verifier before the operator check. */ -}}
+{{- $callers = concat $callers $c.extraAllowedCallers $c.operatorCallers.callers | uniq | sortAlpha -}}
 {{- $_ := set $env "PARLEY_AUTH_ALLOWED_CALLERS" (toJson $callers) -}}
 {{- end -}}
+{{- end -}}
+{{- with $c.operatorCallers.env -}}
+{{- $_ := set $env . (toJson $c.operatorCallers.callers) -}}
 {{- end -}}
 {{- range $dep := $c.dependsOn -}}
 {{- $_ := set $env (include "parley.addrEnvName" (dict "name" $dep)) (include "parley.address" (dict "root" $root "name" $dep)) -}}
@@ -41,6 +45,10 @@ A component's environment and pod template. Args for all: dict "root" $ "name" <
 {{- end -}}
 {{- if $c.livekit -}}
 {{- $_ := set $env "LIVEKIT_URL" $v.livekit.url -}}
+{{- $_ := set $env "PARLEY_AGENT_NAME" (include "parley.agentName" $root) -}}
+{{- end -}}
+{{- with include "parley.usageSpoolMaxBytes" . -}}
+{{- $_ := set $env "PARLEY_USAGE_SPOOL_MAX_BYTES" . -}}
 {{- end -}}
 {{- if and (has "anthropic" $c.providers) $v.providers.anthropic.baseUrl -}}
 {{- $_ := set $env "ANTHROPIC_BASE_URL" $v.providers.anthropic.baseUrl -}}

@@ -214,7 +214,9 @@ metadata:
   labels:
     {{- include "parley.labels" $sel | nindent 4 }}
 spec:
-  {{- if hasKey .c.pdb "minAvailable" }}
+  {{- /* minAvailable, when set, replaces the default maxUnavailable: helm lint keeps a default
+  that the user's values set to null, so a null cannot be what picks one of the two. */}}
+  {{- if not (kindIs "invalid" .c.pdb.minAvailable) }}
   minAvailable: {{ .c.pdb.minAvailable }}
   {{- else }}
   maxUnavailable: {{ .c.pdb.maxUnavailable | default 1 }}
