@@ -533,3 +533,21 @@ async def test_deltas_arriving_one_by_one_are_sent_one_by_one() -> None:
     events, _ = await run(burst_runner(provider), chain=(A,))
     out = [e for e in events if not isinstance(e, Answering)]
     assert out == SCRIPT  # nothing waited for, so nothing merged
+
+
+async def test_a_probe_the_caller_abandons_while_the_model_thinks_frees_its_slot() -> None:
+    """A half-open breaker admits one turn as its probe; if that turn's caller leaves before
+    the first token, the next turn must be let through to probe (not skip the model forever)."""
+    r, p = runner({A.model_id: lambda n: "stall"})
+    breaker = r.breakers.get("google/" + A.model_id)
+    for _ in range(3):
+        breaker.record_failure()
+    assert breaker.state.name == "OPEN"
+    breaker._opened_until = 0.0  # the open period is over: the next turn is the probe
+    gen = r.run(chain=(A, B), request=REQ, ctx=CTX, deadline=time.monotonic() + 5,
+                hooks=Hooks())
+    first = await anext(gen)
+    assert isinstance(first, Attempting) and first.model is A and breaker.is_probing
+    await gen.aclose()
+    assert breaker.state.name == "HALF_OPEN" and not breaker.is_probing
+    assert breaker.allow(), "the next turn probes the model"

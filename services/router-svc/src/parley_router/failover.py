@@ -249,7 +249,11 @@ class FailoverRunner:
                     # (longer) preparation of the call runs under its round trip.
                     gate = _AdmissionGate(hooks.admit(model))
                 else:
-                    admission = await hooks.admit(model)
+                    try:
+                        admission = await hooks.admit(model)
+                    except BaseException:
+                        breaker.release_probe()  # the caller left: the probe never went out
+                        raise
                     if not admission.allowed:
                         _refused(model, admission, breaker, limit_waits, notes)
                         continue
@@ -272,6 +276,9 @@ class FailoverRunner:
                     if gate is not None:
                         gate.cancel()
                     await _cancel(call)
+                    # Not the model's fault: a half-open breaker's probe slot must be freed, or
+                    # no later turn would ever be let through to probe the model again.
+                    breaker.release_probe()
                     if reach.reached:
                         # The caller left while the model was thinking: the provider still
                         # bills the request it accepted.
