@@ -258,3 +258,19 @@ def test_documented_pdb_override_lints_and_renders(helm: Helm, tmp_path: Path) -
         ]
         assert rendered["spec"]["minAvailable"] == 1, pdb
         assert "maxUnavailable" not in rendered["spec"], pdb
+
+
+@pytest.mark.parametrize(("value", "expected"), [(0, 0), (2, 2), ("50%", "50%")])
+def test_pdb_max_unavailable_is_rendered_as_given(
+    helm: Helm, tmp_path: Path, value: object, expected: object
+) -> None:
+    """An explicit 0 (no voluntary evictions of this component) must not become the default 1."""
+    path = tmp_path / "pdb.yaml"
+    path.write_text(yaml.safe_dump({"components": {"billing": {"pdb": {"maxUnavailable": value}}}}))
+    out = helm.run(*helm.template_args([ACME, path])).stdout
+    (rendered,) = [
+        d
+        for d in yaml.safe_load_all(out)
+        if d and d["kind"] == "PodDisruptionBudget" and d["metadata"]["name"].endswith("-billing")
+    ]
+    assert rendered["spec"]["maxUnavailable"] == expected

@@ -219,7 +219,8 @@ spec:
   {{- if not (kindIs "invalid" .c.pdb.minAvailable) }}
   minAvailable: {{ .c.pdb.minAvailable }}
   {{- else }}
-  maxUnavailable: {{ .c.pdb.maxUnavailable | default 1 }}
+  {{- /* not `default 1`: that would turn an explicit 0 (no voluntary evictions) into 1 */}}
+  maxUnavailable: {{ if kindIs "invalid" .c.pdb.maxUnavailable }}1{{ else }}{{ .c.pdb.maxUnavailable }}{{ end }}
   {{- end }}
   # Pods stuck unready must not block node drains.
   unhealthyPodEvictionPolicy: AlwaysAllow
