@@ -66,6 +66,13 @@ async def test_migrate_twice_is_a_no_op(make_kb_database: Callable[..., Any]) ->
         # The same model with other dimensions is refused.
         with pytest.raises(asyncpg.PostgresError, match="dimensions"):
             await migrate(db.admin_dsn, embedding_model="voyage-3.5", embedding_dimensions=512)
+        # A database a newer build migrated (a rolled-back canary) is left as it is and the
+        # rest converges: the release's migrate Job does not fail.
+        await admin.execute("INSERT INTO kb.schema_migrations (version, name, checksum) "
+                            "VALUES (9999, 'from_a_newer_build', 'n')")
+        report = await migrate(db.admin_dsn, tenants=["initech"])
+        assert report.applied == [] and report.tenants == 1
+        await admin.execute("DELETE FROM kb.schema_migrations WHERE version = 9999")
         # An edited migration is refused.
         await admin.execute("UPDATE kb.schema_migrations SET checksum = 'x' WHERE version = 1")
         with pytest.raises(MigrationError, match="edited"):

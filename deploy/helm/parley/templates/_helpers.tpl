@@ -182,8 +182,8 @@ is 1 of 2); parley.validate refuses a total below 2 for such a weight. */}}
 different image than the stable track (whatever its weight), else the stable one. The newest
 code must migrate before its pods start (new pods never meet an old schema), so the stable pods
 then run against the canary's schema: migrations must stay backward compatible. Weight 0 (an
-abort) keeps the canary image: the schema stays migrated, and kb's migrate refuses a database
-that a newer build migrated. Args: dict root, c. Returns the image (repository/tag/digest) as
+abort) keeps the canary image: the schema stays migrated (an older build's migrate leaves a
+newer schema as it is). Args: dict root, c. Returns the image (repository/tag/digest) as
 YAML. */}}
 {{- define "parley.migrationImage" -}}
 {{- $c := .c -}}

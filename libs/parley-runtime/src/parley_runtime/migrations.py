@@ -176,6 +176,11 @@ async def apply_migrations(
                 f"the database has migrations this build does not know ({unknown}): "
                 "it was migrated by a newer build"
             )
+        if unknown:
+            # a newer build (e.g. an aborted canary) migrated it; migrations are backward
+            # compatible, so this build runs on that schema and leaves it as it is
+            logger.warning("the database was migrated by a newer build; leaving its schema",
+                           extra={"unknown_versions": unknown, "table": table})
         for m in ordered:
             if m.version in done:
                 result.already_applied.append(m)

@@ -55,6 +55,10 @@ async def migrate(
             result = await shared.apply_migrations(
                 conn, load_migrations(), table=_TABLE, lock_key=_LOCK_KEY,
                 recorded_name=lambda m: m.name,
+                # A newer build (a canary that was rolled back) may have migrated the database:
+                # migrations stay backward compatible, so this build runs on that schema (as
+                # billing's migrate does) instead of failing the release's migrate Job.
+                allow_unknown_versions=True,
             )
             applied = [m.version for m in result.applied]
             already = [m.version for m in result.already_applied]
