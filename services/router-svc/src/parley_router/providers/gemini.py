@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import logging
 import re
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -416,7 +417,9 @@ class GeminiProvider:
                         elif part.function_call is not None:
                             fc = part.function_call
                             calls += 1
-                            call_id = fc.id or f"call_{ctx.turn_id}_{ctx.attempt}_{calls}"
+                            # Gemini often leaves the id empty; the caller pairs results by id
+                            # across the whole conversation, and turn ids may repeat or be empty.
+                            call_id = fc.id or f"call_{uuid.uuid4().hex[:24]}"
                             yield ToolCallEvent(
                                 call_id, fc.name or "", json.dumps(fc.args or {})
                             )
