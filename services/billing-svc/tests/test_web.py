@@ -122,7 +122,53 @@ async def _link(h: BillingHarness, tenant: str) -> str:
         r = await http.post(f"http://127.0.0.1:{h.http_port}/v1/page-links",
                             headers={"authorization": f"Bearer {token}"})
     assert r.status_code == 200
-    return str(r.json()["url"])
+    url = str(r.json()["url"])
+    # relative without PARLEY_PUBLIC_URL: the caller's Host header never picks the link's host
+    assert url.startswith("/v1/dashboard?token=")
+    return f"http://127.0.0.1:{h.http_port}{url}"
+
+
+async def test_page_links_only_from_this_services_own_key(billing: BillingHarness) -> None:
+    """A page token is read access to a tenant's costs: only billing-svc's own key mints one,
+    with billing-svc as issuer and no longer lifetime than the links it gives out."""
+    import time
+
+    import jwt
+    from parley_billing.web import PAGE_AUDIENCE
+    from parley_runtime.testing import TEST_KEYS
+
+    base = f"http://127.0.0.1:{billing.http_port}/v1/budget?token="
+
+    def page(kid: str, *, iss: str | None = "billing-svc", ttl: int = 600,
+             iat: bool = True) -> str:
+        now = int(time.time())
+        claims: dict[str, object] = {"aud": PAGE_AUDIENCE, "tenant": "globex", "exp": now + ttl}
+        if iss is not None:
+            claims["iss"] = iss
+        if iat:
+            claims["iat"] = now
+        return jwt.encode(claims, TEST_KEYS[kid], algorithm="HS256", headers={"kid": kid})
+
+    async with httpx.AsyncClient(timeout=10) as http:
+        good = await http.get(base + page("billing-svc"))
+        assert good.status_code == 200 and good.json()["tenant"] == "globex"
+        forged = {
+            "another service's key": page("agent-worker"),
+            "another key claiming billing": page("router-svc", iss="billing-svc"),
+            "no issuer": page("billing-svc", iss=None),
+            "another issuer": page("billing-svc", iss="agent-worker"),
+            "a year long": page("billing-svc", ttl=365 * 86400),
+            "no iat": page("billing-svc", iat=False),
+        }
+        for what, token in forged.items():
+            r = await http.get(base + token)
+            assert r.status_code == 401, what
+        # the Host header does not choose where a minted link points
+        bearer = signed_as("agent-worker").token(tenant="acme")
+        r = await http.post(f"http://127.0.0.1:{billing.http_port}/v1/page-links",
+                            headers={"authorization": f"Bearer {bearer}",
+                                     "host": "attacker.example"})
+        assert r.status_code == 200 and "attacker.example" not in r.json()["url"]
 
 
 async def test_dashboard_renders_the_tenants_charts_in_chromium(

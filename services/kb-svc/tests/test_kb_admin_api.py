@@ -89,3 +89,27 @@ async def test_request_body_limit(kb_stack: KbStack) -> None:
 
         r = await http.put("/v1/documents/big", headers=auth_headers("acme"), content=chunks())
         assert r.status_code == 413
+
+
+async def test_ids_in_the_path_are_checked_on_the_raw_bytes(
+    kb_stack: KbStack, unique: Callable[[str], str]
+) -> None:
+    """`doc%0A` must not reach `doc` (a route's `$` matches before a trailing newline) and
+    `bad%FF` must not become `bad\ufffd` (shared with `bad%FE`): both are 400, nothing written."""
+    http, acme = kb_stack.http, auth_headers("acme")
+    doc = unique("nl")
+    r = await http.put(f"/v1/documents/{doc}", headers=acme,
+                       json={"content_type": "text", "content": "keep me"})
+    assert r.status_code == 200, r.text
+    for path in (f"/v1/documents/{doc}%0A", f"/v1/documents/{doc}%0D%0A",
+                 f"/v1/documents/{doc}%FF", f"/v1/documents/{doc}%ED%A0%80"):
+        for method in ("DELETE", "PUT", "GET"):
+            r = await http.request(method, path, headers=acme,
+                                   json={"content_type": "text", "content": "x"})
+            assert r.status_code == 400, (method, path, r.text)
+            assert r.json()["error"]["code"] == "INVALID_ARGUMENT"
+    r = await http.get(f"/v1/documents/{doc}", headers=acme)
+    assert r.status_code == 200, "the document was not deleted through doc%0A"
+    r = await http.get("/v1/documents", headers=acme, params={"page_size": 500})
+    ids = [d["document_id"] for d in r.json()["documents"]]
+    assert not any(i.startswith(doc) and i != doc for i in ids), ids

@@ -14,7 +14,7 @@ from .errors import InvalidArgument
 
 MAX_ID_LEN = 128
 MAX_IDEMPOTENCY_KEY_LEN = 200
-_PRINTABLE_RE = re.compile(r"^[\x21-\x7e]+$")
+_PRINTABLE_RE = re.compile(r"^[\x21-\x7e]+\Z")
 
 
 def is_valid_id(value: str, max_len: int = MAX_ID_LEN) -> bool:

@@ -27,8 +27,8 @@ from typing import Any, Protocol
 logger = logging.getLogger(__name__)
 
 FILE_PATTERN = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-ROLE_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-_TABLE_PATTERN = re.compile(r"^(?:([a-z_][a-z0-9_]{0,62})\.)?([a-z_][a-z0-9_]{0,62})$")
+ROLE_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}\Z")
+_TABLE_PATTERN = re.compile(r"^(?:([a-z_][a-z0-9_]{0,62})\.)?([a-z_][a-z0-9_]{0,62})\Z")
 _ROLE_ATTRIBUTES = "LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION"
 _DUPLICATE_OBJECT = "42710"
 

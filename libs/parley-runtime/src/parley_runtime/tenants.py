@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import InvalidArgument, NotFound
 
-TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 
 Plan = Literal["free", "pro", "enterprise"]
 

@@ -69,7 +69,7 @@ logger = logging.getLogger(__name__)
 INGEST_METHOD = "/parley.billing.v1.BillingService/IngestUsage"
 BAD_EVENT_TRAILER = "x-parley-bad-event-index"
 _BAD_INDEX_RE = re.compile(r"events\[(\d+)\]")
-_TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 
 SPOOL_EVENTS = Gauge(
     "parley_usage_spool_events", "Usage events spooled and not yet acknowledged", ["service"]

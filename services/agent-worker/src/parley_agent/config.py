@@ -175,7 +175,7 @@ class WorkerSettings(ServiceSettings):
 # The tenant's `agent:` section.
 
 ActionName = Literal["create_task", "log_insight", "fetch_user_profile"]
-_SPECIALIST_RE = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
+_SPECIALIST_RE = re.compile(r"^[a-z][a-z0-9_]{0,30}\Z")
 
 
 class _Strict(BaseModel):

@@ -16,7 +16,7 @@ from parley_runtime.tenants import TENANT_ID_RE
 
 from .config import Role
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}\Z")
 _ROLES: tuple[Role, ...] = ("assistant", "notetaker")
 _MAX_METADATA_BYTES = 16 * 1024
 

@@ -52,8 +52,8 @@ MAX_TEXTS = 10_000_000
 MAX_FPS = 240.0
 MAX_LATENCY_MS = 86_400_000.0  # a day: no single model call takes that long
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]*$")
-_PRINTABLE_RE = re.compile(r"^[\x21-\x7e]+$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]*\Z")
+_PRINTABLE_RE = re.compile(r"^[\x21-\x7e]+\Z")
 
 
 class EventError(ValueError):

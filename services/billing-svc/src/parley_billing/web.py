@@ -29,7 +29,8 @@ import jwt
 import uvicorn
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from parley_runtime.auth import ALGORITHM, TokenVerifier
+from parley_runtime.asgi import RejectBadPaths
+from parley_runtime.auth import ALGORITHM, TokenVerifier, key_owner
 from parley_runtime.context import TENANT_HEADER
 from parley_runtime.errors import (
     InvalidArgument,
@@ -98,21 +99,34 @@ class WebAuth:
         return ident.tenant
 
     def tenant_from_page_token(self, token: str) -> str:
+        """The tenant of a page link this service minted: signed with one of billing's own keys
+        (kid `<issuer>` or `<issuer>:<version>`), issued by it, and no longer-lived than the
+        links it mints. Any other trusted key (another service's, an internal team's) cannot
+        mint read access to a tenant's costs."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             raise Unauthenticated("malformed page token") from None
         kid = header.get("kid")
         secret = self._keys.get(kid) if isinstance(kid, str) else None
-        if header.get("alg") != ALGORITHM or secret is None:
-            raise Unauthenticated("page token signed with an unknown key")
+        if (header.get("alg") != ALGORITHM or secret is None or not isinstance(kid, str)
+                or key_owner(kid) != self._issuer):
+            raise Unauthenticated("page token not signed by this service: ask for a new link")
         try:
             claims = jwt.decode(token, secret, algorithms=[ALGORITHM], audience=PAGE_AUDIENCE,
-                                options={"require": ["exp", "aud", "tenant"]})
+                                issuer=self._issuer,
+                                options={"require": ["exp", "iat", "aud", "iss", "tenant"]})
         except jwt.ExpiredSignatureError:
             raise Unauthenticated("this page link has expired: ask for a new one") from None
         except jwt.PyJWTError as exc:
             raise Unauthenticated(f"invalid page token: {exc}") from None
+        try:
+            lifetime = float(claims["exp"]) - float(claims["iat"])
+        except (TypeError, ValueError):
+            raise Unauthenticated("invalid page token: bad exp or iat") from None
+        if lifetime > self._page_ttl_s + 5:
+            raise Unauthenticated("page token lives longer than this service's links: ask for a "
+                                  "new one")
         return str(claims["tenant"])
 
     def page_token(self, tenant: str) -> tuple[str, dt.datetime]:
@@ -307,7 +321,8 @@ def create_app(
             return _csv(rows, f"savings-{tenant}.csv")
         return JSONResponse({"tenant": tenant, "from": start, "to": end, **savings_json(s)})
 
-    @app.get("/v1/sessions/{session_id}/bill")
+    # `path`: session ids may hold a "/" (any printable ASCII), sent raw or as %2F
+    @app.get("/v1/sessions/{session_id:path}/bill")
     async def session_bill(tenant: ReadTenant, session_id: str, format: Fmt = "json") -> Response:
         bill = await ledger.session_bill(tenant, session_id)
         if format == "csv":
@@ -326,7 +341,10 @@ def create_app(
     async def page_link(tenant: ApiTenant, request: Request) -> Response:
         ledger.check_tenant(tenant)
         token, expires = auth.page_token(tenant)
-        base = public_url() if public_url else str(request.base_url).rstrip("/")
+        # Without PARLEY_PUBLIC_URL the link is relative to where it was asked for: the
+        # request's Host header is the caller's to choose, and a link (with its token) must not
+        # point at a host someone else picked.
+        base = public_url() if public_url else ""
         return JSONResponse({"url": f"{base}/v1/dashboard?token={token}",
                              "expires_at": expires.isoformat()})
 
@@ -347,6 +365,10 @@ def create_app(
         return HTMLResponse(html, headers={"cache-control": "no-store",
                                            "referrer-policy": "no-referrer"})
 
+    # ids in the path (a session id) are checked on the raw bytes (parley_runtime.asgi)
+    app.add_middleware(
+        RejectBadPaths, body=lambda message: {"error": message, "code": "INVALID_ARGUMENT"}
+    )
     return app
 
 

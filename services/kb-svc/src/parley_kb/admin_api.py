@@ -21,6 +21,7 @@ from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from parley_runtime.asgi import RejectBadPaths
 from parley_runtime.auth import TokenVerifier
 from parley_runtime.context import TENANT_HEADER, tenant_id_var
 from parley_runtime.errors import (
@@ -446,6 +447,11 @@ def create_admin_app(
     if ops is not None:
         _add_operator_routes(app, ops, reembed_batch_chunks)
     app.add_middleware(_BodyLimit, limit=max_body_bytes)
+    # outermost: ids in the path are checked on the raw bytes (parley_runtime.asgi)
+    app.add_middleware(
+        RejectBadPaths,
+        body=lambda message: {"error": {"code": "INVALID_ARGUMENT", "message": message}},
+    )
     return app
 
 

@@ -55,7 +55,7 @@ from .ranking import reciprocal_rank_fusion
 
 logger = logging.getLogger(__name__)
 
-DOCUMENT_ID_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,256}$")
+DOCUMENT_ID_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,256}\Z")
 MAX_TITLE_CHARS = 1000
 MAX_SOURCE_URI_CHARS = 2048
 MAX_METADATA_BYTES = 16 * 1024
@@ -485,7 +485,8 @@ def _is_unicode(value: str) -> bool:
 
 
 def _is_document_id(value: str) -> bool:
-    return DOCUMENT_ID_RE.match(value) is not None and _is_unicode(value)
+    # fullmatch: `$` alone also matches before a trailing newline
+    return DOCUMENT_ID_RE.fullmatch(value) is not None and _is_unicode(value)
 
 
 def _validate_document_id(document_id: str) -> None:
