@@ -191,6 +191,9 @@ async def test_export_then_offboard_leaves_other_tenants_identical(
                             "partitions_dropped": [], "cache_entries_deleted": 0}
     empty = await http.get(f"/v1/admin/tenants/{VICTIM}/export", headers=OPERATOR)
     assert empty.status_code == 200 and empty.text == ""
+    # a tenant id kb-svc has never known (a typo) is not an empty export
+    typo = await http.get("/v1/admin/tenants/tiny-coo/export", headers=OPERATOR)
+    assert typo.status_code == 404 and "unknown tenant" in typo.json()["error"]["message"]
 
 
 async def test_offboarded_tenant_that_is_still_configured_starts_empty(

@@ -372,6 +372,11 @@ async def test_rest_reembed_job_over_every_tenant(switched: Switched) -> None:
                           json={"tenant_ids": ["Not A Tenant"]})
     assert bad.status_code == 400
     assert (await http.get("/v1/admin/reembed/nope", headers=operator)).status_code == 404
+    typo = await http.post("/v1/admin/reembed", headers=operator,
+                           json={"tenant_ids": ["acme", "acmee"]})
+    assert typo.status_code == 404 and "'acmee'" in typo.json()["error"]["message"]
+    assert not any("acmee" in str(j) for j in
+                   (await http.get("/v1/admin/reembed", headers=operator)).json())
 
     status = (await http.get("/v1/admin/tenants", headers=operator)).json()
     assert any(t["chunks_missing_model"] > 0 for t in status)  # globex, empty tenants: 0

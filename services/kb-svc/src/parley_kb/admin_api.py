@@ -35,7 +35,7 @@ from pydantic import BaseModel, Field
 
 from .knowledge_base import KnowledgeBase
 from .models import ContentType, Document, DocumentInput, SearchMode, SearchQuery
-from .operations import KbOperations, ReembedJob
+from .operations import KbOperations, ReembedJob, check_tenant_id
 
 logger = logging.getLogger(__name__)
 
@@ -456,6 +456,20 @@ def create_admin_app(
 
 
 def _add_operator_routes(app: FastAPI, ops: KbOperations, default_batch: int) -> None:
+    async def known(tenant_ids: list[str]) -> None:
+        """Operator routes act on tenants kb-svc knows: in the tenants file or with stored
+        data. Anything else is most likely a typo, which an empty export or a re-embedding
+        job that 'succeeded' with nothing to do would hide."""
+        configured = set(ops.kb.tenants.ids())
+        missing = [t for t in tenant_ids if t not in configured]
+        if missing:
+            stored = set(await ops.stored_tenants())
+            missing = [t for t in missing if t not in stored]
+        if missing:
+            shown = ", ".join(repr(t[:64]) for t in missing[:5])
+            raise NotFound(f"unknown tenant(s) {shown}: neither in the tenants file nor with "
+                           "stored data (check the id; GET /v1/admin/tenants lists them)")
+
     @app.get("/v1/admin/tenants", response_model=list[TenantStatusOut], tags=["operator"],
              summary="Tenants with storage, and their coverage by the configured model")
     async def tenant_status(operator: Operator) -> list[TenantStatusOut]:
@@ -476,6 +490,8 @@ def _add_operator_routes(app: FastAPI, ops: KbOperations, default_batch: int) ->
     async def start_reembed(operator: Operator, body: ReembedBody) -> ReembedJobOut:
         if bool(body.tenant_ids) == body.all_tenants:
             raise InvalidArgument("name tenant_ids or set all_tenants (not both)")
+        if body.tenant_ids:
+            await known([check_tenant_id(t) for t in body.tenant_ids])
         job, created = ops.jobs.start(
             None if body.all_tenants else list(dict.fromkeys(body.tenant_ids)),
             body.batch_chunks or default_batch,
@@ -500,6 +516,8 @@ def _add_operator_routes(app: FastAPI, ops: KbOperations, default_batch: int) ->
              responses={200: {"content": {"application/x-ndjson": {}}}},
              summary="The tenant's documents as JSON lines (metadata and chunk text)")
     async def export_tenant(operator: Operator, tenant_id: str) -> StreamingResponse:
+        check_tenant_id(tenant_id)
+        await known([tenant_id])
         rows = ops.export(tenant_id)
         try:
             first = await anext(rows)
