@@ -360,3 +360,18 @@ async def test_a_path_with_control_characters_or_bad_utf8_is_refused(
             r = await http.get(path, headers=_bearer("acme"))
             assert r.status_code == 400, (path, r.text)
             assert r.json()["code"] == "INVALID_ARGUMENT"
+
+
+async def test_framework_errors_have_the_apis_error_shape(billing: BillingHarness) -> None:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{billing.http_port}",
+                                 timeout=10) as http:
+        for params in ({"format": "xml"}, {"days": "0"}):
+            path = "/v1/reports/cost" if "format" in params else "/v1/dashboard"
+            r = await http.get(path, params=params, headers=_bearer("acme"))
+            assert r.status_code == 400, r.text
+            if path != "/v1/dashboard":
+                assert r.json()["code"] == "INVALID_ARGUMENT" and "format" in r.json()["error"]
+        r = await http.get("/v1/nowhere", headers=_bearer("acme"))
+        assert r.status_code == 404 and r.json()["code"] == "NOT_FOUND"
+        r = await http.patch("/v1/budget", headers=_bearer("acme"))
+        assert r.status_code == 405 and r.json()["code"] == "METHOD_NOT_ALLOWED"

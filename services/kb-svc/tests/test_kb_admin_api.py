@@ -113,3 +113,11 @@ async def test_ids_in_the_path_are_checked_on_the_raw_bytes(
     r = await http.get("/v1/documents", headers=acme, params={"page_size": 500})
     ids = [d["document_id"] for d in r.json()["documents"]]
     assert not any(i.startswith(doc) and i != doc for i in ids), ids
+
+
+async def test_framework_errors_have_the_apis_error_shape(kb_stack: KbStack) -> None:
+    http, acme = kb_stack.http, auth_headers("acme")
+    r = await http.get("/v1/nowhere", headers=acme)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "NOT_FOUND"
+    r = await http.patch("/v1/usage", headers=acme)
+    assert r.status_code == 405 and r.json()["error"]["code"] == "METHOD_NOT_ALLOWED"

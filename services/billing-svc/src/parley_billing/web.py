@@ -28,6 +28,7 @@ from urllib.parse import quote
 import jwt
 import uvicorn
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from parley_runtime.asgi import RejectBadPaths
 from parley_runtime.auth import ALGORITHM, TokenVerifier, key_owner
@@ -40,6 +41,7 @@ from parley_runtime.errors import (
     Unauthenticated,
     Unavailable,
 )
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import charts
 from .budgets import BudgetStatus
@@ -279,6 +281,23 @@ def create_app(
         if request.url.path == "/v1/dashboard":
             return HTMLResponse(_error_page(status, exc.message), status_code=status)
         return JSONResponse({"error": exc.message, "code": exc.code.name}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's own 422 echoes the input in a list: the same shape as every other error
+        message = "; ".join(
+            f"{'.'.join(str(p) for p in err.get('loc', ()) if p != 'query')}: {err.get('msg')}"
+            for err in exc.errors()
+        )[:500]
+        if request.url.path == "/v1/dashboard":
+            return HTMLResponse(_error_page(400, message), status_code=400)
+        return JSONResponse({"error": message, "code": "INVALID_ARGUMENT"}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
+        return JSONResponse({"error": str(exc.detail), "code": code},
+                            status_code=exc.status_code, headers=exc.headers)
 
     @app.get("/healthz", response_class=PlainTextResponse)
     async def healthz() -> str:

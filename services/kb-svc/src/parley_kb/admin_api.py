@@ -32,6 +32,7 @@ from parley_runtime.errors import (
     Unauthenticated,
 )
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .knowledge_base import KnowledgeBase
 from .models import ContentType, Document, DocumentInput, SearchMode, SearchQuery
@@ -359,6 +360,15 @@ def create_admin_app(
         return JSONResponse(
             {"error": {"code": "INVALID_ARGUMENT", "message": details}}, status_code=400
         )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # the framework's own 404/405/400 (unknown route, method, unparsable body), in this
+        # API's error shape
+        code = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND",
+                405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
+        return JSONResponse({"error": {"code": code, "message": str(exc.detail)}},
+                            status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
