@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from livekit import rtc
 from livekit.agents import AgentServer
 from parley_agent.config import WorkerSettings
 from parley_agent.runner import run_worker
@@ -184,3 +185,35 @@ async def test_voice_screen_share_and_chat_session(stack: Stack) -> None:
         return kinds
 
     assert {"session", "stt", "tts"} <= await billed()
+
+
+async def test_a_second_user_carries_on_when_the_first_leaves(stack: Stack) -> None:
+    """The session talks with one user at a time (the first to join); when that user leaves and
+    another stays, it goes on with the other (it used to close with the first user)."""
+    url, key, secret = stack.creds()
+    name = room_name()
+    await create_room(url, key, secret, room=name,
+                      metadata={"tenant_id": "acme", "user_id": "alice"},
+                      dispatches=[("parley-agent", {})])
+    alice_cm = SimulatedUser.join(url, key, secret, room=name, identity="alice")
+    alice = await alice_cm.__aenter__()
+    try:
+        await alice.wait_for_agent(role="assistant", timeout=60)
+        await asyncio.sleep(1.0)
+        async with SimulatedUser.join(url, key, secret, room=name, identity="mallory") as mallory:
+            before = len(alice.turn_events)
+            await alice.type_chat("What is the laptop policy for new hires?")
+            await alice.wait_for_turn(role="assistant", after=before, timeout=30)
+            await alice_cm.__aexit__(None, None, None)  # the linked user leaves
+            alice_cm = None
+            await asyncio.sleep(1.5)
+            assert any(p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+                       for p in mallory.room.remote_participants.values()), "the agent stayed"
+            before = len(mallory.turn_events)
+            await mallory.type_chat("What is the laptop policy for new hires?")
+            answer = await mallory.wait_for_turn(role="assistant", after=before, timeout=30,
+                                                 predicate=lambda e: "14-inch" in e["text"])
+            assert answer["text"]
+    finally:
+        if alice_cm is not None:
+            await alice_cm.__aexit__(None, None, None)

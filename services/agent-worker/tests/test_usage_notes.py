@@ -254,3 +254,28 @@ async def test_the_final_summary_is_published_before_the_job_leaves_the_room(
     assert len(summaries) == 1 and summaries[0]["final"] is True
     assert summaries[0]["summary"].startswith("- the user asked")
     assert len(backends.router.requests) == 1, "one summary call, not a second after leaving"
+
+
+async def test_summaries_wait_for_their_minimum_interval_and_take_every_turn_since(
+    backends: FakeBackends, router_channel: grpc.aio.Channel
+) -> None:
+    backends.router.responder = lambda req: text_events("- summary")
+    router = RouterLLM(channel=router_channel, options=RouterLLMOptions(
+        session_id="sess-1", tenant_id="acme",
+        hints=router_pb2.RoutingHints(max_tier=router_pb2.TIER_SIMPLE)))
+    published: list[dict[str, Any]] = []
+
+    async def publish(event_type: str, **fields: Any) -> None:
+        published.append({"type": event_type, **fields})
+
+    notes = NoteTaker(router=router, publish=publish, options=NoteTakerOptions(
+        summary_every_turns=1, min_summary_interval_s=0.5))
+    for seq in range(1, 41):  # 40 user turns in a burst
+        notes.on_turn_event({"type": "turn", "session_id": "s", "seq": seq, "role": "user",
+                             "text": f"turn {seq}"})
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.8)
+    await notes.aclose()
+    # one at once, one after the interval covering the rest; not one per turn
+    assert 2 <= len(backends.router.requests) <= 3
+    assert published[-1]["turns_covered"] == 40

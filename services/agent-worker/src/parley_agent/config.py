@@ -56,9 +56,15 @@ class WorkerSettings(ServiceSettings):
     agent_job_memory_warn_mb: float = Field(
         default=600, ge=0
     )
+    # A job process that grows past this is ended by livekit (its session only; the worker and
+    # other rooms go on). A session normally holds ~180 MB USS, ~600 MB with a 4K screen share.
     agent_job_memory_limit_mb: float = Field(
-        default=0, ge=0
+        default=1500, ge=0
     )
+    # Typed chat: a message becomes a turn at most this often (messages meanwhile are merged
+    # into the next turn), and a message or merged turn is cut to this many characters.
+    agent_chat_min_interval_s: float = Field(default=1.0, ge=0)
+    agent_chat_max_chars: int = Field(default=4000, ge=100)
     # Where job processes write Prometheus samples for the worker to aggregate.
     agent_prometheus_dir: str | None = Field(
         default=None
@@ -250,6 +256,9 @@ class RoutingPolicy(_Strict):
 class NoteTakerOptions(_Strict):
     enabled: bool = True
     summary_every_turns: int = Field(default=4, ge=1, le=100)
+    # and no more often than this: each summary sends the transcript to the model, so a burst of
+    # short turns would otherwise cost a summary every few turns
+    min_summary_interval_s: float = Field(default=60.0, ge=0, le=3600)
     max_transcript_chars: int = Field(default=12000, ge=500)
 
 

@@ -9,6 +9,7 @@ the simple tier: summaries do not need a large model) for a summary, which it pu
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,6 +35,7 @@ class NoteTaker:
         router: RouterLLM,
         options: NoteTakerOptions,
         publish: Publish,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._router = router
         self._opts = options
@@ -44,6 +46,8 @@ class NoteTaker:
         self._turns_at_last_summary = 0
         self._task: asyncio.Task[None] | None = None
         self._finished = False
+        self._clock = clock
+        self._last_summary_at: float | None = None
         self._lock = asyncio.Lock()
         self.summaries: list[str] = []
 
@@ -72,7 +76,16 @@ class NoteTaker:
     def _schedule(self) -> None:
         if self._finished or (self._task is not None and not self._task.done()):
             return
-        self._task = asyncio.create_task(self._summarise_guarded(final=False), name="notes")
+        self._task = asyncio.create_task(self._summarise_when_due(), name="notes")
+
+    async def _summarise_when_due(self) -> None:
+        # while this waits, turns keep arriving and no other summary is scheduled: they all go
+        # into this one
+        if self._last_summary_at is not None:
+            wait = self._last_summary_at + self._opts.min_summary_interval_s - self._clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        await self._summarise_guarded(final=False)
 
     async def _summarise_guarded(self, *, final: bool) -> None:
         try:
@@ -92,6 +105,7 @@ class NoteTaker:
             if not self._lines:
                 return None
             covered = self._user_turns
+            self._last_summary_at = self._clock()
             ctx = llm.ChatContext()
             ctx.add_message(role="system", content=SUMMARY_INSTRUCTIONS)
             ctx.add_message(role="user", content=self._transcript_text())

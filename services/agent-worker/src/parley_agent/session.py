@@ -4,6 +4,7 @@ events, usage) or the note-taker. Everything a runtime starts, its `aclose()` st
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,9 +19,11 @@ from livekit.agents.voice import room_io
 from livekit.agents.voice.agent_session import SessionConnectOptions
 from livekit.agents.voice.events import (
     CloseEvent,
+    CloseReason,
     ConversationItemAddedEvent,
     SessionUsageUpdatedEvent,
 )
+from livekit.agents.voice.room_io.types import DEFAULT_CLOSE_ON_DISCONNECT_REASONS
 from livekit.agents.voice.turn import TurnDetectionMode, TurnHandlingOptions
 from parley.router.v1 import router_pb2
 from parley_runtime.auth import TokenSigner
@@ -29,6 +32,7 @@ from parley_runtime.usage import UsageRecorder
 
 from .agc import SilenceGatedAGC
 from .agents import IntakeAgent
+from .chat_input import ChatPacer
 from .config import WorkerSettings
 from .coordination import TOPIC_NOTES, TOPIC_TURNS, EventPublisher, decode_event, from_agent
 from .latency import TurnLatencyTracker
@@ -137,6 +141,7 @@ class AssistantRuntime:
         )
         self.speech: SpeechStack | None = None
         self.session: AgentSession[Any] | None = None
+        self._room: rtc.Room | None = None
         self.vision: VisionCapture | None = None
         self.agc: SilenceGatedAGC | None = None
         self.turns: EventPublisher | None = None
@@ -145,6 +150,7 @@ class AssistantRuntime:
             job_id=job_id, models=MeteredModels(None, None, None, None),
         )
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._chat: ChatPacer | None = None
         self._closed = False
 
     # -- building -------------------------------------------------------------------------
@@ -241,6 +247,8 @@ class AssistantRuntime:
             room_options=self.room_options(),
             session_host=self.settings.agent_session_host,
         )
+        room.on("participant_disconnected", self._on_participant_left)
+        self._room = room
         if self.speech is not None:
             set_output_frame_ms(session.room_io.audio_output, self.settings.agent_output_frame_ms)
         if self.profile.agent.video_enabled:
@@ -259,8 +267,37 @@ class AssistantRuntime:
         if self.profile.agent.greeting:
             session.say(self.profile.agent.greeting)
 
+    def _on_participant_left(self, participant: rtc.RemoteParticipant) -> None:
+        # after livekit's RoomIO has seen the same event (it unlinks its user first)
+        asyncio.get_running_loop().call_soon(self._relink, participant)
+
+    def _relink(self, left: rtc.RemoteParticipant) -> None:
+        """The session talks with one user of the room at a time (livekit's RoomIO links one).
+        When that user leaves and others stay, it goes on with one of them; when the last user
+        leaves, it closes as livekit's own close-on-disconnect would."""
+        session, room = self.session, self._room
+        if session is None or room is None or self._closed:
+            return
+        rio = session.room_io
+        if rio.linked_participant is not None:
+            return  # someone else left; the linked user is still here
+        users = [
+            p for p in room.remote_participants.values()
+            if p.kind != rtc.ParticipantKind.PARTICIPANT_KIND_AGENT and p.identity != left.identity
+        ]
+        if users:
+            logger.info("the linked user left: going on with another user of the room",
+                        extra={"left": left.identity, "now": users[0].identity})
+            rio.set_participant(users[0].identity)
+        elif left.disconnect_reason in DEFAULT_CLOSE_ON_DISCONNECT_REASONS:
+            logger.info("the last user left: closing the session",
+                        extra={"participant": left.identity})
+            session._close_soon(reason=CloseReason.PARTICIPANT_DISCONNECTED)
+
     def room_options(self) -> room_io.RoomOptions:
         return room_io.RoomOptions(
+            # the session's own handler (_relink) decides when a user leaving ends it
+            close_on_disconnect=False,
             video_input=False,  # video goes to vision-svc, not to livekit's sampler
             text_input=room_io.TextInputOptions(text_input_cb=self._on_text_input),
             audio_input=self.audio_input_options(),
@@ -281,10 +318,17 @@ class AssistantRuntime:
         return options
 
     async def _on_text_input(self, sess: AgentSession[Any], ev: room_io.TextInputEvent) -> None:
-        """A chat message typed by the user: the same turn preparation as speech."""
-        text = ev.text.strip()
-        if not text:
-            return
+        """A chat message typed by the user: paced and merged into turns (chat_input)."""
+        if self._chat is None:
+            self._chat = ChatPacer(
+                functools.partial(self._chat_turn, sess),
+                min_interval_s=self.settings.agent_chat_min_interval_s,
+                max_chars=self.settings.agent_chat_max_chars,
+            )
+        self._chat.push(ev.text)
+
+    async def _chat_turn(self, sess: AgentSession[Any], text: str) -> None:
+        """The same turn preparation as speech."""
         message = llm.ChatMessage(role="user", content=[text])
         self.prepare_user_message(message)
         async with sess._claim_user_turn():
@@ -346,6 +390,10 @@ class AssistantRuntime:
         if self._closed:
             return
         self._closed = True
+        if self._room is not None:
+            self._room.off("participant_disconnected", self._on_participant_left)
+        if self._chat is not None:
+            await self._chat.aclose()
         if self.vision is not None:
             await self.vision.aclose()
         tasks = list(self._tasks)
