@@ -88,6 +88,9 @@ def llm_conn_options(settings: WorkerSettings) -> APIConnectOptions:
     )
 
 
+_LEAVE_GRACE_S = 3.0
+
+
 class AssistantRuntime:
     """The assistant for one session. Build the agent and session, `start()` them in a room (or
     use `build_session(text_only=True)` without one), and `aclose()` at the end."""
@@ -271,7 +274,7 @@ class AssistantRuntime:
         # after livekit's RoomIO has seen the same event (it unlinks its user first)
         asyncio.get_running_loop().call_soon(self._relink, participant)
 
-    def _relink(self, left: rtc.RemoteParticipant) -> None:
+    def _relink(self, left: rtc.RemoteParticipant, *, retried: bool = False) -> None:
         """The session talks with one user of the room at a time (livekit's RoomIO links one).
         When that user leaves and others stay, it goes on with one of them; when the last user
         leaves, it closes as livekit's own close-on-disconnect would."""
@@ -289,6 +292,12 @@ class AssistantRuntime:
             logger.info("the linked user left: going on with another user of the room",
                         extra={"left": left.identity, "now": users[0].identity})
             rio.set_participant(users[0].identity)
+        elif not retried:
+            # A user who just joined reaches the agent's view only once their connection is up
+            # (a second or so): look again before ending the session.
+            asyncio.get_running_loop().call_later(
+                _LEAVE_GRACE_S, functools.partial(self._relink, left, retried=True)
+            )
         elif left.disconnect_reason in DEFAULT_CLOSE_ON_DISCONNECT_REASONS:
             logger.info("the last user left: closing the session",
                         extra={"participant": left.identity})
