@@ -7,6 +7,7 @@ from scripts/deploy/ensure-helm.sh, which builds it with the Go toolchain when i
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -156,6 +157,38 @@ def _merged_values(path: Path) -> dict[str, Any]:
     """Chart defaults overlaid with a values file, the way helm merges them."""
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
     return _deep_merge(defaults, yaml.safe_load(path.read_text()) or {})
+
+
+def render_with(
+    helm: Helm, tmp_path: Path, values: dict[str, Any], base: str = "values-acme.yaml"
+) -> Render:
+    """The example `base` rendered with `values` layered on top."""
+    example = Example.load(base)
+    path = tmp_path / "override.yaml"
+    path.write_text(yaml.safe_dump(values))
+    out = helm.run(
+        *helm.template_args(
+            [example.path, path], release=example.release, namespace=example.namespace
+        )
+    ).stdout
+    return Render(example, [d for d in yaml.safe_load_all(out) if d])
+
+
+def chart_with_notes(tmp_path: Path) -> Path:
+    """A copy of the chart whose NOTES.txt renders as the ConfigMap `templates/notes.yaml`
+    (`helm template` skips NOTES.txt), under `tmp_path`."""
+    chart = tmp_path / "parley"
+    shutil.copytree(CHART, chart)
+    notes = (chart / "templates" / "NOTES.txt").read_text()
+    (chart / "templates" / "NOTES.txt").unlink()
+    (chart / "templates" / "_notes.tpl").write_text(
+        '{{- define "test.notes" -}}\n' + notes + "{{- end -}}\n"
+    )
+    (chart / "templates" / "notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\n"
+        'data:\n  notes: {{ include "test.notes" . | quote }}\n'
+    )
+    return chart
 
 
 def ensure_helm() -> Helm:

@@ -18,7 +18,15 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from deploy_support import CHART, DEFAULT_KUBE, KUBE_VERSIONS, ROOT, Example, Helm
+from deploy_support import (
+    CHART,
+    DEFAULT_KUBE,
+    KUBE_VERSIONS,
+    ROOT,
+    Example,
+    Helm,
+    chart_with_notes,
+)
 
 # The first test may build helm (ensure-helm.sh) on a fresh machine: allow for it.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -181,19 +189,7 @@ def test_yamllint(tmp_path: Path) -> None:
 
 def test_notes_render(helm: Helm, example: Example, tmp_path: Path) -> None:
     """NOTES.txt renders for every example (helm template skips it, so wrap it in a ConfigMap)."""
-    import shutil
-
-    chart = tmp_path / "parley"
-    shutil.copytree(CHART, chart)
-    notes = (chart / "templates" / "NOTES.txt").read_text()
-    (chart / "templates" / "NOTES.txt").unlink()
-    (chart / "templates" / "_notes.tpl").write_text(
-        '{{- define "test.notes" -}}\n' + notes + "{{- end -}}\n"
-    )
-    (chart / "templates" / "notes.yaml").write_text(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\n"
-        'data:\n  notes: {{ include "test.notes" . | quote }}\n'
-    )
+    chart = chart_with_notes(tmp_path)
     args = helm.template_args([example.path], release=example.release, namespace=example.namespace)
     args[2] = str(chart)
     args += ["--show-only", "templates/notes.yaml"]

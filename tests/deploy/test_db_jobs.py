@@ -28,6 +28,7 @@ from deploy_support import (
     ns_labels,
     quantity,
     release_pods,
+    render_with,
     rollout_peak,
     selector_matches,
 )
@@ -88,20 +89,6 @@ def secret_ref(env: dict[str, dict[str, Any]], name: str) -> tuple[str, str]:
 
 def hooks(render: Render) -> list[dict[str, Any]]:
     return [d for d in render.docs if HOOK in (d["metadata"].get("annotations") or {})]
-
-
-def render_with(
-    helm: Helm, tmp_path: Path, values: dict[str, Any], base: str = "values-acme.yaml"
-) -> Render:
-    example = Example.load(base)
-    path = tmp_path / "override.yaml"
-    path.write_text(yaml.safe_dump(values))
-    out = helm.run(
-        *helm.template_args(
-            [example.path, path], release=example.release, namespace=example.namespace
-        )
-    ).stdout
-    return Render(example, [d for d in yaml.safe_load_all(out) if d])
 
 
 def postgres_pods(render: Render) -> list[Pod]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from deploy_support import Example, Helm, Render
+from deploy_support import Example, Helm, Render, chart_with_notes
 
 # The first test may build helm (ensure-helm.sh) on a fresh machine: allow for it.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -93,21 +93,7 @@ def test_shortened_names_stay_distinct(helm: Helm) -> None:
 
 def test_notes_name_the_shortened_jobs(helm: Helm, tmp_path: Path) -> None:
     """NOTES.txt's kubectl commands use the Jobs' real names."""
-    import shutil
-
-    from deploy_support import CHART
-
-    chart = tmp_path / "parley"
-    shutil.copytree(CHART, chart)
-    notes = (chart / "templates" / "NOTES.txt").read_text()
-    (chart / "templates" / "NOTES.txt").unlink()
-    (chart / "templates" / "_notes.tpl").write_text(
-        '{{- define "test.notes" -}}\n' + notes + "{{- end -}}\n"
-    )
-    (chart / "templates" / "notes.yaml").write_text(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\n"
-        'data:\n  notes: {{ include "test.notes" . | quote }}\n'
-    )
+    chart = chart_with_notes(tmp_path)
     release = RELEASES[0]
     ex = Example.load("values-acme.yaml")
     args = helm.template_args([ex.path], release=release, namespace=ex.namespace)

@@ -31,6 +31,7 @@ from deploy_support import (
     ns_labels,
     quantity,
     release_pods,
+    render_with,
     rollout_peak,
     selector_matches,
 )
@@ -616,20 +617,6 @@ def test_canaries(rendered: Render) -> None:
             assert stable_img != canary_img
             override = c["canary"]["pair"]["image"]
             assert canary_img.endswith(override["digest"] or override["tag"])
-
-
-def render_with(
-    helm: Helm, tmp_path: Path, values: dict[str, Any], base: str = "values-acme.yaml"
-) -> Render:
-    example = Example.load(base)
-    path = tmp_path / "override.yaml"
-    path.write_text(yaml.safe_dump(values))
-    out = helm.run(
-        *helm.template_args(
-            [example.path, path], release=example.release, namespace=example.namespace
-        )
-    ).stdout
-    return Render(example, [d for d in yaml.safe_load_all(out) if d])
 
 
 def pair_replicas(render: Render, component: str) -> dict[str, int | None]:

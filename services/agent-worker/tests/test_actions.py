@@ -49,16 +49,22 @@ async def receiver() -> AsyncIterator[Receiver]:
 
     app = web.Application()
     app.router.add_post("/hooks/{name}", handle)
+    runner, base = await _serve(app)
+    state.url = f"{base}/hooks"
+    try:
+        yield state
+    finally:
+        await runner.cleanup()
+
+
+async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    """`app` on a free loopback port: its runner (clean it up) and base URL."""
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    state.url = f"http://127.0.0.1:{port}/hooks"
-    try:
-        yield state
-    finally:
-        await runner.cleanup()
+    return runner, f"http://127.0.0.1:{port}"
 
 
 def actions_for(receiver: Receiver, http: aiohttp.ClientSession, secret: str,
@@ -149,15 +155,11 @@ def test_malformed_timestamps_are_rejected_not_raised() -> None:
         assert not signing.verify(SECRET, f"t={t},v1={mac}", body)
 
 
-async def _serve(handler: Any) -> tuple[web.AppRunner, str]:
+async def _serve_hook(handler: Any) -> tuple[web.AppRunner, str]:
     app = web.Application()
     app.router.add_post("/hook", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}/hook"
+    runner, base = await _serve(app)
+    return runner, f"{base}/hook"
 
 
 def _one_action(url: str, http: aiohttp.ClientSession, name: str = "create_task",
@@ -178,7 +180,7 @@ async def test_a_response_sent_in_pieces_is_read_whole() -> None:
         await resp.write_eof()
         return resp
 
-    runner, url = await _serve(handle)
+    runner, url = await _serve_hook(handle)
     try:
         async with aiohttp.ClientSession() as http:
             out = await _one_action(url, http).call("create_task", {"title": "x"})
@@ -201,14 +203,10 @@ async def test_a_redirect_is_a_failed_action_and_is_not_followed() -> None:
     app.router.add_post("/hook", handle)
     app.router.add_post("/elsewhere", elsewhere)
     app.router.add_get("/elsewhere", elsewhere)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, base = await _serve(app)
     try:
         async with aiohttp.ClientSession() as http:
-            tool = _one_action(f"http://127.0.0.1:{port}/hook", http).tools()[0]
+            tool = _one_action(f"{base}/hook", http).tools()[0]
             with pytest.raises(llm.ToolError, match="HTTP 302.*redirect"):
                 await tool(raw_arguments={"title": "x"})
     finally:

@@ -107,12 +107,11 @@ def test_event_encoding_stays_under_data_packet_limit() -> None:
     assert decode_event(b"not json") is None and decode_event(b"[1]") is None
 
 
-async def test_notetaker_summarises_every_n_turns_and_at_the_end(
-    backends: FakeBackends, router_channel: grpc.aio.Channel
-) -> None:
-    backends.router.responder = lambda req: text_events(
-        f"- summary of {sum(1 for m in req.messages)} messages"
-    )
+def note_taker(
+    router_channel: grpc.aio.Channel, options: NoteTakerOptions
+) -> tuple[NoteTaker, list[dict[str, Any]]]:
+    """A note-taker summarising through the fake router; the events it publishes collect in the
+    returned list."""
     router = RouterLLM(channel=router_channel, options=RouterLLMOptions(
         session_id="sess-1", tenant_id="acme",
         hints=router_pb2.RoutingHints(max_tier=router_pb2.TIER_SIMPLE)))
@@ -121,8 +120,16 @@ async def test_notetaker_summarises_every_n_turns_and_at_the_end(
     async def publish(event_type: str, **fields: Any) -> None:
         published.append({"type": event_type, **fields})
 
-    notes = NoteTaker(router=router, options=NoteTakerOptions(summary_every_turns=2),
-                      publish=publish)
+    return NoteTaker(router=router, options=options, publish=publish), published
+
+
+async def test_notetaker_summarises_every_n_turns_and_at_the_end(
+    backends: FakeBackends, router_channel: grpc.aio.Channel
+) -> None:
+    backends.router.responder = lambda req: text_events(
+        f"- summary of {sum(1 for m in req.messages)} messages"
+    )
+    notes, published = note_taker(router_channel, NoteTakerOptions(summary_every_turns=2))
     turns = [("user", "What is the laptop policy?"), ("assistant", "14-inch within 3 days."),
              ("user", "And phones?"), ("assistant", "Phones on request."),
              ("user", "Thanks")]
@@ -260,15 +267,7 @@ async def test_summaries_wait_for_their_minimum_interval_and_take_every_turn_sin
     backends: FakeBackends, router_channel: grpc.aio.Channel
 ) -> None:
     backends.router.responder = lambda req: text_events("- summary")
-    router = RouterLLM(channel=router_channel, options=RouterLLMOptions(
-        session_id="sess-1", tenant_id="acme",
-        hints=router_pb2.RoutingHints(max_tier=router_pb2.TIER_SIMPLE)))
-    published: list[dict[str, Any]] = []
-
-    async def publish(event_type: str, **fields: Any) -> None:
-        published.append({"type": event_type, **fields})
-
-    notes = NoteTaker(router=router, publish=publish, options=NoteTakerOptions(
+    notes, published = note_taker(router_channel, NoteTakerOptions(
         summary_every_turns=1, min_summary_interval_s=0.5))
     for seq in range(1, 41):  # 40 user turns in a burst
         notes.on_turn_event({"type": "turn", "session_id": "s", "seq": seq, "role": "user",

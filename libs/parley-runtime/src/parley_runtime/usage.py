@@ -63,13 +63,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .auth import TokenSigner
 from .client import make_channel
 from .context import TENANT_HEADER
+from .tenants import TENANT_ID_RE
 
 logger = logging.getLogger(__name__)
 
 INGEST_METHOD = "/parley.billing.v1.BillingService/IngestUsage"
 BAD_EVENT_TRAILER = "x-parley-bad-event-index"
 _BAD_INDEX_RE = re.compile(r"events\[(\d+)\]")
-_TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 
 SPOOL_EVENTS = Gauge(
     "parley_usage_spool_events", "Usage events spooled and not yet acknowledged", ["service"]
@@ -511,7 +511,7 @@ class DurableUsageRecorder:
     def record(self, tenant_id: str, event: billing_pb2.UsageEvent) -> None:
         """Queue one event for billing. Never blocks on I/O, never raises."""
         try:
-            if not isinstance(tenant_id, str) or not _TENANT_RE.match(tenant_id):
+            if not isinstance(tenant_id, str) or not TENANT_ID_RE.match(tenant_id):
                 self._drop("bad_tenant", "usage event without a valid tenant id dropped")
                 return
             if not event.idempotency_key or not event.HasField("occurred_at") or (

@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from parley_runtime.ids import MAX_ID_LEN, MAX_IDEMPOTENCY_KEY_LEN, is_valid_id
+
 
 class UsageType(StrEnum):
     LLM = "llm"
@@ -37,8 +39,8 @@ CATALOG_KIND = {
 # Catalog entry that prices agent session minutes when the event names no model.
 DEFAULT_SESSION_MODEL = "livekit-agent-session"
 
-MAX_KEY_LEN = 200
-MAX_ID_LEN = 128
+# the rules every service checks its ids with at its door (parley_runtime.ids)
+MAX_KEY_LEN = MAX_IDEMPOTENCY_KEY_LEN
 # Upper bounds per event: far above anything one call, one track period or one session can
 # produce, low enough that a unit mix-up (ms for s, bytes for tokens) is caught.
 MAX_TOKENS = 50_000_000
@@ -53,7 +55,6 @@ MAX_FPS = 240.0
 MAX_LATENCY_MS = 86_400_000.0  # a day: no single model call takes that long
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]*\Z")
-_PRINTABLE_RE = re.compile(r"^[\x21-\x7e]+\Z")
 
 
 class EventError(ValueError):
@@ -152,7 +153,7 @@ def validate(
     key = usage.idempotency_key
     if not key:
         raise EventError("idempotency_key is required (unique per metered occurrence)")
-    if len(key) > MAX_KEY_LEN or not _PRINTABLE_RE.match(key):
+    if not is_valid_id(key, MAX_KEY_LEN):
         raise EventError(
             f"idempotency_key must be 1-{MAX_KEY_LEN} printable ASCII characters without spaces"
         )
@@ -166,9 +167,7 @@ def validate(
         raise EventError(f"occurred_at {at.isoformat()} is older than {max_age.days} days")
     _name("service", usage.service, required=True)
     session = usage.session_id
-    if session and session not in _GOOD_NAMES and (
-        len(session) > MAX_ID_LEN or not _PRINTABLE_RE.match(session)
-    ):
+    if session and session not in _GOOD_NAMES and not is_valid_id(session, MAX_ID_LEN):
         raise EventError(
             f"session_id must be at most {MAX_ID_LEN} printable ASCII characters without spaces"
         )
